@@ -19,7 +19,9 @@ class I2CBus(Protocol):
 
     def writeto(self, address: int, buffer: bytes, *, start: int = 0, end: int | None = None) -> None: ...
 
-    def readfrom_into(self, address: int, buffer: bytearray, *, start: int = 0, end: int | None = None) -> None: ...
+    def readfrom_into(
+        self, address: int, buffer: bytearray, *, start: int = 0, end: int | None = None
+    ) -> None: ...
 
     def writeto_then_readfrom(
         self,

@@ -1,0 +1,259 @@
+"""The daemon: one TaskGroup, one owner per task (DESIGN §2).
+
+    samplers (one per sensor) -> queue -> store writer -> Store <- forwarder -> broker
+                                                 syncer: acked rows out, WAL to the card
+                                                 watchdog: WATCHDOG=1 only while every loop moves
+
+Shutdown, in order: stop the samplers, let the store writer commit what they read, let the
+forwarder publish `offline` and disconnect, sync the store, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from functools import partial
+
+from drivers import Driver
+
+from .clock import boot_id, boottime, clock_synced
+from .config import Config, SensorConfig
+from .forwarder import Forwarder
+from .health import Health
+from .notify import Notifier
+from .sensors import Simulation, build_drivers, host_root
+from .store import NewReading, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000  # readings between samplers and the store writer
+OVERFLOW_ROWS = 10_000  # readings held in memory while the store cannot be written
+MAX_FAULT_BACKOFF_S = 300.0
+STORE_RETRY_S = 5.0
+
+
+class Liveness:
+    """Each loop beats; the watchdog is fed only while none has fallen silent for too long."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._allowed: dict[str, float] = {}
+
+    def register(self, name: str, allowed_silence_s: float) -> partial:
+        self._allowed[name] = allowed_silence_s
+        self._last[name] = time.monotonic()
+        return partial(self._beat, name)
+
+    def _beat(self, name: str) -> None:
+        self._last[name] = time.monotonic()
+
+    def unregister(self, name: str) -> None:
+        self._allowed.pop(name, None)
+
+    def stalled(self) -> list[str]:
+        now = time.monotonic()
+        return [n for n, allowed in self._allowed.items() if now - self._last[n] > allowed]
+
+
+class Daemon:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None, reconnect_max_s: float = 30.0):
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.reconnect_max_s = reconnect_max_s
+        self.liveness = Liveness()
+        self.store = Store(
+            config.buffer.path,
+            max_rows=config.buffer.max_rows,
+            max_bytes=config.buffer.max_bytes,
+            sync_interval_s=config.buffer.sync_interval_s,
+        )
+        self.ready = asyncio.Event()
+        self._overflow: deque[NewReading] = deque()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        self.store.open()
+        sim = Simulation(cfg.simulation.seed)
+        try:
+            drivers = build_drivers(cfg, sim)
+            root = host_root(cfg, sim)
+            from drivers.pi_health import host_vitals
+
+            disk = str(cfg.buffer.path.parent)
+            self.health = Health(config_hash=cfg.config_hash, host_vitals=lambda: host_vitals(root, disk))
+            for name, driver in drivers.items():
+                self.store.set_units(name, driver.units)
+                self.health.sensor(name)
+            publish_timeout = max(10.0, cfg.broker.keepalive_s)
+            self.forwarder = Forwarder(
+                node_id=cfg.node.id,
+                topic_root=cfg.topic_root,
+                broker=cfg.broker,
+                forward=cfg.forward,
+                store=self.store,
+                health=self.health,
+                heartbeat_s=cfg.health.heartbeat_s,
+                clock_root=root,
+                beat=self.liveness.register("forwarder", 2 * publish_timeout + 10),
+                reconnect_max_s=self.reconnect_max_s,
+            )
+            await self._supervise(stop, drivers, sim, root)
+        finally:
+            self.store.close()
+            sim.close()
+            self.notifier.close()
+
+    async def _supervise(self, stop: asyncio.Event, drivers: dict[str, Driver], sim: Simulation, root: str):
+        queue: asyncio.Queue[NewReading | None] = asyncio.Queue(QUEUE_SIZE)
+        async with asyncio.TaskGroup() as tg:
+            samplers = [
+                tg.create_task(
+                    self._sample(self.config.sensors[name], driver, queue, root), name=f"sampler:{name}"
+                )
+                for name, driver in drivers.items()
+            ]
+            writer = tg.create_task(self._write_store(queue), name="store-writer")
+            forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
+            helpers = [
+                tg.create_task(self._sync_store(), name="store-syncer"),
+                tg.create_task(self._watchdog(), name="watchdog"),
+            ]
+            if sim.active:
+                helpers.append(tg.create_task(sim.run(), name="simulation"))
+            self.notifier.ready(self._status_line())
+            self.ready.set()
+            log.info("running: %d sensors, broker %s", len(drivers), self.config.broker.url)
+
+            await stop.wait()
+            log.info("stopping")
+            self.notifier.stopping()
+            for task in samplers:
+                task.cancel()
+            await asyncio.gather(*samplers, return_exceptions=True)
+            await queue.put(None)
+            await writer
+            self.forwarder.stop()
+            try:
+                async with asyncio.timeout(10):
+                    await asyncio.shield(forwarder)
+            except TimeoutError:
+                forwarder.cancel()
+            for task in helpers:
+                task.cancel()
+        self.forwarder.flush_acks()
+        for driver in drivers.values():
+            with contextlib.suppress(Exception):
+                driver.close()
+
+    # -- samplers -----------------------------------------------------------------------------
+
+    async def _sample(self, cfg: SensorConfig, driver: Driver, queue: asyncio.Queue, root: str) -> None:
+        name, interval = cfg.name, cfg.interval_s
+        beat = self.liveness.register(f"sampler:{name}", 2 * interval + 60)
+        boot = boot_id()
+        opened = False
+        failures = 0
+        next_at = time.monotonic()
+        try:
+            while True:
+                beat()
+                try:
+                    if not opened:
+                        await asyncio.to_thread(driver.open)
+                        opened = True
+                    reading = await asyncio.to_thread(driver.read)
+                except Exception as err:  # a sensor never takes the daemon down
+                    failures += 1
+                    message = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                    if failures == 1:
+                        log.warning("sensor %s: %s", name, message)
+                    self.health.fault(name, message)
+                    delay = min(MAX_FAULT_BACKOFF_S, interval * 2 ** min(failures - 1, 8))
+                    await asyncio.sleep(max(delay, 1.0))
+                    next_at = time.monotonic()
+                    continue
+                if failures:
+                    log.info("sensor %s: recovered after %d failed reads", name, failures)
+                failures = 0
+                self.health.ok(name, warming="warming_up" in reading.quality)
+                await queue.put(
+                    NewReading(
+                        sensor=name,
+                        values=reading.values,
+                        quality=reading.quality,
+                        wall=time.time(),
+                        mono=boottime(),
+                        boot_id=boot,
+                        synced=clock_synced(root),
+                    )
+                )
+                next_at += interval
+                now = time.monotonic()
+                if next_at < now:  # a slow read: skip the missed slots rather than burst
+                    next_at = now + interval - (now - next_at) % interval
+                await asyncio.sleep(next_at - now)
+        finally:
+            self.liveness.unregister(f"sampler:{name}")
+
+    # -- store ----------------------------------------------------------------------------------
+
+    async def _write_store(self, queue: asyncio.Queue) -> None:
+        """Commit whatever the samplers queued, in one transaction per wake-up; None ends it."""
+        beat = self.liveness.register("store-writer", 30)
+        done = False
+        while not done:
+            beat()
+            items = []
+            try:
+                items.append(await asyncio.wait_for(queue.get(), STORE_RETRY_S if self._overflow else 1.0))
+            except TimeoutError:
+                pass
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            done = None in items
+            batch = [*self._overflow, *(i for i in items if i is not None)]
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[NewReading]) -> None:
+        try:
+            self.store.append(batch)
+        except StoreError as err:
+            # Keep sampling into a bounded overflow; oldest first out if the store stays down.
+            log.error("%s; holding %d readings in memory", err, len(batch))
+            lost = max(0, len(batch) - OVERFLOW_ROWS)
+            self._overflow = deque(batch[lost:])
+            if lost:
+                log.error("in-memory overflow full: %d readings lost", lost)
+            return
+        self._overflow.clear()
+        self.forwarder.new_data.set()
+
+    async def _sync_store(self) -> None:
+        interval = self.config.buffer.sync_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.forwarder.flush_acks()
+            await asyncio.to_thread(self.store.sync)
+
+    # -- systemd --------------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        faults = [n for n, s in self.health.sensors.items() if s.state == "fault"]
+        broker = "connected" if self.forwarder.connected else "disconnected"
+        line = f"{len(self.health.sensors)} sensors, backlog {self.store.backlog}, broker {broker}"
+        return line + (f", fault: {', '.join(faults)}" if faults else "")
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s or 10.0
+        while True:
+            stalled = self.liveness.stalled()
+            if stalled:
+                log.error("withholding the watchdog: no progress in %s", ", ".join(stalled))
+            elif self.notifier.watchdog_interval_s:
+                self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+            await asyncio.sleep(interval)

@@ -1,0 +1,281 @@
+"""The only MQTT publisher: store rows -> broker, deleted only after PUBACK (DESIGN §3, §4).
+
+One connection carries readings, the retained status (with its Last Will) and the retained
+heartbeat. Each connection attempt builds a fresh aiomqtt client: paho keeps unacknowledged
+messages in memory and may replay them, but here the store alone decides what is resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+
+import aiomqtt
+
+from .clock import boot_id, boottime, clock_synced, format_ts
+from .config import BrokerConfig, ForwardConfig
+from .health import Health
+from .payloads import ClockView, batch_payload, split_batches
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ACK_FLUSH_ROWS = 2000  # delete acknowledged rows at least this often, besides every sync tick
+IDLE_TICK_S = 1.0  # the pump proves it is alive at least this often
+STOP_DRAIN_S = 3.0  # at shutdown, how long in-flight messages may take to be acknowledged
+RECONNECT_BASE_S = 0.5
+
+
+class ConnectionLost(Exception):
+    pass
+
+
+class TokenBucket:
+    """`rate` readings per second with a burst of `burst`; rate 0 means no cap."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, max(burst, 1)
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    def delay_for(self, n: int) -> float:
+        """0 and the tokens taken if `n` may go now, else how long to wait for them."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        n = min(n, self.burst)
+        if self.tokens >= n:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        topic_root: str,
+        broker: BrokerConfig,
+        forward: ForwardConfig,
+        store: Store,
+        health: Health,
+        heartbeat_s: float,
+        clock_root: str = "/",
+        beat: Callable[[], None] = lambda: None,
+        reconnect_max_s: float = 30.0,
+    ):
+        self.node_id = node_id
+        self.root = topic_root
+        self.broker = broker
+        self.forward = forward
+        self.store = store
+        self.health = health
+        self.heartbeat_s = heartbeat_s
+        self.clock_root = clock_root
+        self.beat = beat
+        self.reconnect_max_s = reconnect_max_s
+        self.connected = False
+        self.seq_sent = 0
+        self.last_publish: float | None = None
+        self.new_data = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._acked: list[int] = []
+        self._boot_id = boot_id()
+
+    # -- the daemon's handles -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.new_data.set()
+
+    def flush_acks(self) -> None:
+        """Delete acknowledged rows; until then a restart would send them again (harmless)."""
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.store.delete(acked)
+
+    # -- connection loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                attempt = 0
+            except (aiomqtt.MqttError, ConnectionLost, OSError, ssl.SSLError) as err:
+                if self.connected:
+                    log.warning("broker %s: connection lost: %s", self.broker.url, err)
+                    attempt = 0
+                else:
+                    log.warning("broker %s: cannot connect: %s", self.broker.url, err)
+            finally:
+                self.connected = False
+                self.flush_acks()
+            if self._stopping.is_set():
+                break
+            delay = random.uniform(0, min(self.reconnect_max_s, RECONNECT_BASE_S * 2**attempt))
+            attempt += 1
+            await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake for a stop, and keep proving liveness to the watchdog meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.beat()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), min(left, IDLE_TICK_S))
+            except TimeoutError:
+                pass
+        self.beat()
+
+    def _client(self) -> aiomqtt.Client:
+        b = self.broker
+        tls = None
+        if b.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(b.ca_file) if b.ca_file else None,
+                certfile=str(b.client_cert) if b.client_cert else None,
+                keyfile=str(b.client_key) if b.client_key else None,
+            )
+        client = aiomqtt.Client(
+            b.host,
+            b.port,
+            identifier=self.node_id,
+            username=b.username,
+            password=b.password(),
+            keepalive=b.keepalive_s,
+            will=aiomqtt.Will(f"{self.root}/status", Health.status_offline("lost"), qos=1, retain=True),
+            tls_params=tls,
+            timeout=max(10.0, b.keepalive_s),
+        )
+        client.pending_calls_threshold = self.forward.max_inflight + 20
+        return client
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self.connected = True
+            log.info("broker %s: connected", self.broker.url)
+            await client.publish(f"{self.root}/status", self.health.status_online(), qos=1, retain=True)
+            await client.subscribe(f"{self.root}/cmd/+", qos=1)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    listener = tg.create_task(self._commands(client))
+                    heart = tg.create_task(self._heartbeats(client))
+                    await self._pump(client, tg)
+                    listener.cancel()
+                    heart.cancel()
+            except* aiomqtt.MqttError as group:
+                raise ConnectionLost(group.exceptions[0]) from None
+            await client.publish(f"{self.root}/status", Health.status_offline("shutdown"), qos=1, retain=True)
+
+    # -- readings -----------------------------------------------------------------------------
+
+    async def _pump(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        store, fwd = self.store, self.forward
+        window = asyncio.Semaphore(fwd.max_inflight)
+        live_start = store.next_seq  # rows below it are the backlog, rows from it on are live
+        live_after = live_start - 1
+        backlog_after = 0
+        bucket = TokenBucket(fwd.backfill_rate, fwd.batch_max)
+        while not self._stopping.is_set():
+            self.beat()
+            clock = self._clock_view()
+            live = store.fetch(live_after, limit=fwd.max_inflight)
+            if live:
+                for _, rows, texts in split_batches(live, clock, 1):
+                    await window.acquire()
+                    tg.create_task(self._send(client, window, rows, texts, backfill=False))
+                    live_after = rows[-1].seq
+                continue
+            if backlog_after < live_start - 1:
+                rows = store.fetch(backlog_after, before=live_start, limit=fwd.batch_max)
+                if not rows:
+                    backlog_after = live_start - 1
+                    continue
+                _, batch, texts = next(split_batches(rows, clock, fwd.batch_max))
+                wait = bucket.delay_for(len(batch))
+                if wait > 0:
+                    await self._wait_new_data(wait)
+                    continue
+                await window.acquire()
+                tg.create_task(self._send(client, window, batch, texts, backfill=True))
+                backlog_after = batch[-1].seq
+                continue
+            self.new_data.clear()
+            if store.next_seq - 1 > live_after:
+                continue
+            await self._wait_new_data(IDLE_TICK_S)
+        try:  # let what is in flight be acknowledged, so that it is not sent twice
+            async with asyncio.timeout(STOP_DRAIN_S):
+                for _ in range(fwd.max_inflight):
+                    await window.acquire()
+        except TimeoutError:
+            log.warning("stopping with messages still awaiting PUBACK; they will be sent again")
+
+    async def _wait_new_data(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.new_data.wait(), seconds)
+        except TimeoutError:
+            pass
+        self.new_data.clear()
+
+    async def _send(self, client, window, rows, texts, *, backfill: bool) -> None:
+        try:
+            sensor = rows[0].sensor
+            payload = batch_payload(self.node_id, sensor, self.store.units_json(sensor), backfill, texts)
+            await client.publish(f"{self.root}/reading/{sensor}", payload, qos=1)
+        finally:
+            window.release()
+        self._acked.extend(r.seq for r in rows)
+        self.seq_sent = max(self.seq_sent, rows[-1].seq)
+        self.last_publish = time.time()
+        if len(self._acked) >= ACK_FLUSH_ROWS:
+            self.flush_acks()
+
+    def _clock_view(self) -> ClockView:
+        return ClockView(self._boot_id, clock_synced(self.clock_root), time.time(), boottime())
+
+    # -- health and commands ------------------------------------------------------------------
+
+    async def _heartbeats(self, client: aiomqtt.Client) -> None:
+        while True:
+            self.flush_acks()  # so that `backlog` counts only what still awaits a PUBACK
+            payload = self.health.heartbeat(
+                seq_sent=self.seq_sent,
+                backlog=self.store.backlog,
+                oldest_unsent_wall=self.store.oldest_unsent_wall(),
+                dropped=self.store.dropped,
+            )
+            await client.publish(f"{self.root}/heartbeat", payload, qos=1, retain=True)
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            name = str(message.topic).rsplit("/", 1)[-1]
+            reply = self._answer(name, message.payload)
+            await client.publish(f"{self.root}/cmd/{name}/reply", json.dumps(reply), qos=1)
+
+    def _answer(self, name: str, payload) -> dict:
+        if payload:
+            try:
+                request = json.loads(payload)
+                if not isinstance(request, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as err:
+                return {"ok": False, "error": f"cmd/{name}: malformed request: {err}"}
+        if name == "ping":
+            return {
+                "ok": True,
+                "ts": format_ts(time.time()),
+                "node": self.node_id,
+                "backlog": self.store.backlog,
+            }
+        return {"ok": False, "error": f"cmd/{name}: unknown command (known: ping)"}

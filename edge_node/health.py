@@ -1,0 +1,87 @@
+"""What the node says about itself: sensor states, status and heartbeat payloads (DESIGN §4)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import __version__
+from .clock import boot_id, format_ts, now_iso
+
+
+@dataclass
+class SensorState:
+    state: str = "warming"  # "ok" | "warming" | "fault"
+    error: str | None = None
+    last_ok: float | None = None
+
+    def as_json(self) -> dict:
+        out: dict = {"state": self.state}
+        if self.error:
+            out["error"] = self.error
+        if self.last_ok is not None:
+            out["last_ok"] = format_ts(self.last_ok)
+        return out
+
+
+@dataclass
+class Health:
+    """Shared, read by the forwarder for heartbeats; written by samplers. One loop, no locks."""
+
+    config_hash: str
+    host_vitals: Callable[[], dict]
+    sensors: dict[str, SensorState] = field(default_factory=dict)
+    started_mono: float = field(default_factory=time.monotonic)
+    started_iso: str = field(default_factory=now_iso)
+    boot_id: str = field(default_factory=boot_id)
+
+    def sensor(self, name: str) -> SensorState:
+        return self.sensors.setdefault(name, SensorState())
+
+    def ok(self, name: str, warming: bool = False) -> None:
+        s = self.sensor(name)
+        s.state, s.error = ("warming" if warming else "ok"), None
+        s.last_ok = time.time()
+
+    def fault(self, name: str, error: str) -> None:
+        s = self.sensor(name)
+        s.state, s.error = "fault", error
+
+    def status_online(self) -> bytes:
+        return _dump(
+            {
+                "state": "online",
+                "since": self.started_iso,
+                "version": __version__,
+                "boot_id": self.boot_id,
+                "config_hash": self.config_hash,
+            }
+        )
+
+    @staticmethod
+    def status_offline(reason: str) -> bytes:
+        return _dump({"state": "offline", "reason": reason})
+
+    def heartbeat(
+        self, *, seq_sent: int, backlog: int, oldest_unsent_wall: float | None, dropped: int
+    ) -> bytes:
+        now = time.time()
+        oldest_age = 0.0 if oldest_unsent_wall is None else max(0.0, round(now - oldest_unsent_wall, 1))
+        return _dump(
+            {
+                "ts": format_ts(now),
+                "uptime_s": round(time.monotonic() - self.started_mono, 1),
+                "seq_sent": seq_sent,
+                "backlog": backlog,
+                "oldest_unsent_age_s": oldest_age,
+                "dropped": dropped,
+                "sensors": {name: s.as_json() for name, s in self.sensors.items()},
+                "host": self.host_vitals(),
+            }
+        )
+
+
+def _dump(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,9 @@
+"""JSON Schemas of the wire contract (DESIGN §4): reading, status, heartbeat."""
+
+import json
+from importlib.resources import files
+
+
+def load(name: str) -> dict:
+    """The schema `name` ("reading", "status" or "heartbeat") as a dict."""
+    return json.loads(files(__package__).joinpath(f"{name}.json").read_text())

@@ -1,0 +1,289 @@
+"""The durable buffer: SQLite in WAL mode, the only place a reading lives until PUBACK.
+
+Contract (DESIGN §3):
+- a reading is committed as soon as it is read, so SIGKILL loses nothing committed;
+- every reading gets a node-wide `seq` that is never reused, even after sent rows are deleted;
+- rows are deleted only after the broker acknowledged the message that carried them;
+- when full, the oldest unsent rows are dropped, and the number dropped is persisted;
+- a power cut loses at most the last `sync_interval_s` of commits.
+
+Why not `synchronous=FULL`: it fsyncs on every commit, which at a street node's rate costs
+hundreds of MB of flash writes a day. We run `synchronous=NORMAL` (a commit survives a process
+crash, the database stays consistent after a power cut) and fsync the WAL ourselves every
+`sync_interval_s`, which bounds what a power cut can take. The page size is 1 KiB so that one
+small commit appends one small WAL frame rather than a 4 KiB one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    seq     INTEGER PRIMARY KEY,  -- node-wide, never reused
+    sensor  TEXT    NOT NULL,
+    wall    REAL    NOT NULL,     -- time.time() when read
+    mono    REAL    NOT NULL,     -- CLOCK_BOOTTIME when read, to correct `wall` after a clock sync
+    boot_id TEXT    NOT NULL,
+    synced  INTEGER NOT NULL,     -- was the wall clock synchronised when read
+    body    TEXT    NOT NULL      -- '"values":{...},"quality":[...]', spliced into the payload as is
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
+"""
+
+# Per-row bytes besides the body: rowid, reals, boot id, cell headers. Used for `max_bytes`.
+ROW_OVERHEAD = 72
+
+
+class StoreError(Exception):
+    """The buffer cannot be opened or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewReading:
+    """A reading as the sampler hands it to the store, before it has a seq."""
+
+    sensor: str
+    values: Mapping[str, float]
+    quality: tuple[str, ...]
+    wall: float
+    mono: float
+    boot_id: str
+    synced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    seq: int
+    sensor: str
+    wall: float
+    mono: float
+    boot_id: str
+    synced: bool
+    body: str
+
+
+def encode_body(values: Mapping[str, float], quality: Iterable[str]) -> str:
+    body = json.dumps({"values": values, "quality": list(quality)}, separators=(",", ":"), allow_nan=False)
+    return body[1:-1]
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, *, max_rows: int, max_bytes: int, sync_interval_s: float):
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.sync_interval_s = sync_interval_s
+        self._db: sqlite3.Connection | None = None
+        self._wal_fd: int | None = None
+        self._rows = 0
+        self._bytes = 0
+        self._next_seq = 1
+        self._dropped = 0
+        self._units: dict[str, str] = {}
+        self.last_sync = time.monotonic()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA page_size=1024")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA journal_size_limit=4194304")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(f"{self.path}: buffer failed quick_check: {check}")
+            db.executescript(SCHEMA)
+            hwm = db.execute("SELECT value FROM meta WHERE key='seq_hwm'").fetchone()
+            top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
+            self._next_seq = max(hwm[0] if hwm else 0, top or 0) + 1
+            dropped = db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
+            self._dropped = dropped[0] if dropped else 0
+            rows, data = db.execute(
+                "SELECT count(*), coalesce(sum(length(body) + length(sensor)), 0) FROM readings"
+            ).fetchone()
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+        self._rows, self._bytes = rows, data + rows * ROW_OVERHEAD
+        self._units = dict(db.execute("SELECT sensor, units FROM units"))
+        self._db = db
+        self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        log.info(
+            "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
+            self.path,
+            rows,
+            self._next_seq,
+            self._dropped,
+        )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self.sync()
+            self._db.close()
+            self._db = None
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+
+    # -- figures for health -----------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._rows
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next appended reading will get; every stored seq is below it."""
+        return self._next_seq
+
+    def oldest_unsent_wall(self) -> float | None:
+        row = self._conn.execute("SELECT wall FROM readings ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def units_json(self, sensor: str) -> str:
+        return self._units.get(sensor, "{}")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"{self.path}: buffer is not open")
+        return self._db
+
+    def set_units(self, sensor: str, units: Mapping[str, str]) -> None:
+        encoded = json.dumps(dict(units), sort_keys=True, separators=(",", ":"))
+        if self._units.get(sensor) != encoded:
+            self._conn.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (sensor, encoded))
+            self._units[sensor] = encoded
+
+    def append(self, readings: list[NewReading]) -> list[int]:
+        """Commit readings in one transaction; returns their seqs."""
+        rows = []
+        added = 0
+        seq = self._next_seq
+        for r in readings:
+            body = encode_body(r.values, r.quality)
+            rows.append((seq, r.sensor, r.wall, r.mono, r.boot_id, int(r.synced), body))
+            added += len(body) + len(r.sensor) + ROW_OVERHEAD
+            seq += 1
+        db = self._conn
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: cannot store readings: {err}") from err
+        self._next_seq = seq
+        self._rows += len(rows)
+        self._bytes += added
+        if self._rows > self.max_rows or self._bytes > self.max_bytes:
+            self._drop_oldest()
+        return [row[0] for row in rows]
+
+    def _drop_oldest(self) -> None:
+        excess_rows = max(0, self._rows - self.max_rows)
+        if self._bytes > self.max_bytes and self._rows:
+            mean = self._bytes / self._rows
+            excess_rows = max(excess_rows, int((self._bytes - self.max_bytes) / mean) + 1)
+        excess_rows = min(excess_rows, self._rows)
+        if not excess_rows:
+            return
+        db = self._conn
+        db.execute("BEGIN")
+        victims = db.execute(
+            "SELECT max(seq), count(*), sum(length(body) + length(sensor)) FROM "
+            "(SELECT seq, body, sensor FROM readings ORDER BY seq LIMIT ?)",
+            (excess_rows,),
+        ).fetchone()
+        top, count, data = victims
+        db.execute("DELETE FROM readings WHERE seq <= ?", (top,))
+        self._bump_meta(db, seq_hwm=top, dropped=count)
+        db.execute("COMMIT")
+        self._rows -= count
+        self._bytes -= data + count * ROW_OVERHEAD
+        self._dropped += count
+        log.warning(
+            "buffer full: dropped the %d oldest unsent readings (up to seq %d); %d dropped in all",
+            count,
+            top,
+            self._dropped,
+        )
+
+    @staticmethod
+    def _bump_meta(db: sqlite3.Connection, *, seq_hwm: int, dropped: int = 0) -> None:
+        db.execute(
+            "INSERT INTO meta VALUES ('seq_hwm', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+            (seq_hwm,),
+        )
+        if dropped:
+            db.execute(
+                "INSERT INTO meta VALUES ('dropped', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=value + excluded.value",
+                (dropped,),
+            )
+
+    def delete(self, seqs: Iterable[int]) -> int:
+        """Forget rows whose PUBACK arrived. Returns how many rows went."""
+        seqs = sorted(set(seqs))
+        if not seqs:
+            return 0
+        db = self._conn
+        db.execute("BEGIN")
+        data = 0
+        count = 0
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            got = db.execute(
+                f"SELECT count(*), coalesce(sum(length(body) + length(sensor)), 0) FROM readings "
+                f"WHERE seq IN ({marks})",
+                chunk,
+            ).fetchone()
+            db.execute(f"DELETE FROM readings WHERE seq IN ({marks})", chunk)
+            count += got[0]
+            data += got[1]
+        self._bump_meta(db, seq_hwm=seqs[-1])
+        db.execute("COMMIT")
+        self._rows -= count
+        self._bytes -= data + count * ROW_OVERHEAD
+        return count
+
+    def sync(self) -> None:
+        """Make every commit so far survive a power cut (see module docstring). Thread-safe."""
+        if self._wal_fd is not None:
+            os.fsync(self._wal_fd)
+        self.last_sync = time.monotonic()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def fetch(self, after: int, before: int | None = None, limit: int = 1000) -> list[StoredReading]:
+        """Rows with after < seq < before, oldest first."""
+        if before is None:
+            before = self._next_seq
+        cur = self._conn.execute(
+            "SELECT seq, sensor, wall, mono, boot_id, synced, body FROM readings "
+            "WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+            (after, before, limit),
+        )
+        return [StoredReading(*row) for row in cur]
