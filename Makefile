@@ -1,0 +1,45 @@
+# edge-node: `make test` and `make demo` work on a fresh Debian 12 / Raspberry Pi OS machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+SUDO    = $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: test test-long demo bench lint system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing python3-venv with apt-get"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Mosquitto (the tests, the demo and the benchmarks start their own, on a free loopback port).
+system-deps:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "installing mosquitto with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+# The soak/fault tests in their long form (CI runs the short one).
+test-long: $(STAMP) system-deps
+	EDGE_NODE_SOAK=1 $(PY) -m pytest -m soak
+
+demo: $(STAMP) system-deps
+	$(VENV)/bin/edge-node demo
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.run --out bench/results.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
