@@ -34,6 +34,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
+    from .store import StoreError
 
     config = load_config(args.config)
     _setup_logging(args.verbose)
@@ -43,7 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _stop_on_signals(stop)
         await Daemon(config).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (StoreError, OSError) as err:  # the buffer cannot be opened: say so, let systemd retry
+        logging.getLogger("edge_node").error("%s", err)
+        return 1
     return 0
 
 

@@ -112,6 +112,7 @@ class ForwardConfig:
     max_inflight: int
     batch_max: int
     backfill_rate: float  # readings/s while catching up; 0 = no cap
+    reconnect_max_s: float  # cap of the full-jitter reconnect delay
 
 
 @dataclass(frozen=True)
@@ -475,6 +476,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "max_inflight": Key(integer(min=1, max=1000), 20),
         "batch_max": Key(integer(min=1, max=10_000), 100),
         "backfill_rate": Key(number(min=0), 500),
+        "reconnect_max_s": Key(number(min=1, max=3600), 30),
     },
     "health": {
         "heartbeat_s": Key(number(min=1), 60),

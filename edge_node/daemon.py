@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from functools import partial
@@ -33,6 +34,13 @@ QUEUE_SIZE = 1000  # readings between samplers and the store writer
 OVERFLOW_ROWS = 10_000  # readings held in memory while the store cannot be written
 MAX_FAULT_BACKOFF_S = 300.0
 STORE_RETRY_S = 5.0
+
+
+def _check_values(values) -> None:
+    """A driver's bug must not become a poisoned row: only finite numbers reach the store."""
+    for key, value in values.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"driver returned {key}={value!r}, not a finite number")
 
 
 class Liveness:
@@ -59,10 +67,9 @@ class Liveness:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, notifier: Notifier | None = None, reconnect_max_s: float = 30.0):
+    def __init__(self, config: Config, *, notifier: Notifier | None = None):
         self.config = config
         self.notifier = notifier or Notifier()
-        self.reconnect_max_s = reconnect_max_s
         self.liveness = Liveness()
         self.store = Store(
             config.buffer.path,
@@ -98,9 +105,10 @@ class Daemon:
                 heartbeat_s=cfg.health.heartbeat_s,
                 clock_root=root,
                 beat=self.liveness.register("forwarder", 2 * publish_timeout + 10),
-                reconnect_max_s=self.reconnect_max_s,
+                reconnect_max_s=cfg.forward.reconnect_max_s,
             )
             await self._supervise(stop, drivers, sim, root)
+            log.info("stopped; backlog %d readings kept in the buffer for the next start", self.store.backlog)
         finally:
             self.store.close()
             sim.close()
@@ -165,6 +173,7 @@ class Daemon:
                         await asyncio.to_thread(driver.open)
                         opened = True
                     reading = await asyncio.to_thread(driver.read)
+                    _check_values(reading.values)
                 except Exception as err:  # a sensor never takes the daemon down
                     failures += 1
                     message = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__

@@ -39,6 +39,9 @@ keepalive_s = 10
 path = "{buffer}"
 sync_interval_s = 5
 
+[forward]
+reconnect_max_s = 5
+
 [health]
 heartbeat_s = 10
 
@@ -109,7 +112,7 @@ async def _demo(url: str, workdir: Path, seconds: float | None, as_json: bool) -
     async with asyncio.TaskGroup() as tg:
         viewer = tg.create_task(_subscribe_and_print(host, port, as_json, viewer_ready))
         await viewer_ready.wait()
-        daemon = tg.create_task(Daemon(config, reconnect_max_s=5).run(stop))
+        daemon = tg.create_task(Daemon(config).run(stop))
         if seconds is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)

@@ -41,12 +41,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
 """
 
+SEQ_BLOCK = 10_000  # seqs reserved outside the buffer at a time (one small fsynced write each)
+
 # Per-row bytes besides the body: rowid, reals, boot id, cell headers. Used for `max_bytes`.
 ROW_OVERHEAD = 72
 
 
 class StoreError(Exception):
     """The buffer cannot be opened or written."""
+
+
+class CorruptBuffer(StoreError):
+    """The buffer file is damaged; it is moved aside rather than crash-looping on it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,43 +97,107 @@ class Store:
         self._next_seq = 1
         self._dropped = 0
         self._units: dict[str, str] = {}
+        self._reserved = 0
+        self.moved_aside: Path | None = None
         self.last_sync = time.monotonic()
 
     # -- life cycle -------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Open (or create) the buffer; a corrupt file is moved aside and a new one started."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            fresh = self._open_db()
+        except CorruptBuffer as err:
+            self.moved_aside = self._move_aside()
+            log.error("%s; moved aside to %s, starting a new buffer", err, self.moved_aside)
+            fresh = self._open_db()
+        reserved = self._read_reservation()
+        if fresh and reserved > self._next_seq:
+            # The buffer was lost: seqs below `reserved` may have been sent, so never reuse them.
+            log.warning("new buffer continues the node's seq at %d", reserved)
+            self._next_seq = reserved
+        self._reserve(self._next_seq)
+        self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        log.info(
+            "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
+            self.path,
+            self._rows,
+            self._next_seq,
+            self._dropped,
+        )
+
+    def _open_db(self) -> bool:
+        """Connect, check, load counters; True when the buffer is new (no seq ever used)."""
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+        try:
             db.execute("PRAGMA page_size=1024")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=4194304")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise StoreError(f"{self.path}: buffer failed quick_check: {check}")
+                raise CorruptBuffer(f"{self.path}: buffer failed quick_check: {check}")
             db.executescript(SCHEMA)
             hwm = db.execute("SELECT value FROM meta WHERE key='seq_hwm'").fetchone()
             top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
-            self._next_seq = max(hwm[0] if hwm else 0, top or 0) + 1
             dropped = db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
-            self._dropped = dropped[0] if dropped else 0
             rows, data = db.execute(
                 "SELECT count(*), coalesce(sum(length(body) + length(sensor)), 0) FROM readings"
             ).fetchone()
-        except sqlite3.Error as err:
-            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+            units = dict(db.execute("SELECT sensor, units FROM units"))
+        except sqlite3.DatabaseError as err:
+            db.close()
+            if isinstance(err, sqlite3.OperationalError) and "malformed" not in str(err):
+                raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+            raise CorruptBuffer(f"{self.path}: buffer is corrupt: {err}") from err
+        except CorruptBuffer:
+            db.close()
+            raise
+        self._next_seq = max(hwm[0] if hwm else 0, top or 0) + 1
+        self._dropped = dropped[0] if dropped else 0
         self._rows, self._bytes = rows, data + rows * ROW_OVERHEAD
-        self._units = dict(db.execute("SELECT sensor, units FROM units"))
+        self._units = units
         self._db = db
-        self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        log.info(
-            "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
-            self.path,
-            rows,
-            self._next_seq,
-            self._dropped,
-        )
+        return hwm is None and top is None
+
+    def _move_aside(self) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        return aside
+
+    # The seq high-water mark also lives outside the buffer, reserved a block at a time, so
+    # that a lost or corrupt buffer never makes the node reuse a seq (DESIGN §3, Corruption).
+
+    @property
+    def _reservation_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".seq")
+
+    def _read_reservation(self) -> int:
+        try:
+            return int(self._reservation_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as err:
+            log.warning("%s: unreadable (%s); relying on the buffer alone", self._reservation_path, err)
+            return 0
+
+    def _reserve(self, upto: int) -> None:
+        if upto < self._reserved:
+            return
+        self._reserved = upto + SEQ_BLOCK
+        tmp = self._reservation_path.with_suffix(".seq.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{self._reserved}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._reservation_path)
 
     def close(self) -> None:
         if self._db is not None:
@@ -184,6 +254,7 @@ class Store:
             rows.append((seq, r.sensor, r.wall, r.mono, r.boot_id, int(r.synced), body))
             added += len(body) + len(r.sensor) + ROW_OVERHEAD
             seq += 1
+        self._reserve(seq)
         db = self._conn
         try:
             db.execute("BEGIN")

@@ -158,6 +158,7 @@ sync_interval_s = 1
 {buffer_extra}
 
 [forward]
+reconnect_max_s = 2
 {forward}
 
 [health]

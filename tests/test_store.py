@@ -1,0 +1,161 @@
+"""The buffer's contract (DESIGN §3), on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from edge_node.store import NewReading, Store
+
+
+def reading(sensor: str = "bme280", value: float = 20.0, quality: tuple[str, ...] = ()) -> NewReading:
+    return NewReading(sensor, {"temperature": value}, quality, time.time(), 12.5, "boot-a", True)
+
+
+@pytest.fixture
+def open_store(tmp_path):
+    stores = []
+
+    def make(**limits) -> Store:
+        store = Store(
+            tmp_path / "buffer.db", **{"max_rows": 1000, "max_bytes": 10**8, "sync_interval_s": 1, **limits}
+        )
+        store.open()
+        stores.append(store)
+        return store
+
+    yield make
+    for s in stores:
+        s.close()
+
+
+def test_seq_is_node_wide_and_starts_at_1(open_store):
+    store = open_store()
+    assert store.append([reading("a"), reading("b")]) == [1, 2]
+    assert store.append([reading("a")]) == [3]
+    assert [r.sensor for r in store.fetch(0)] == ["a", "b", "a"]
+
+
+def test_seq_is_never_reused_after_delete_and_reopen(open_store):
+    store = open_store()
+    store.append([reading() for _ in range(5)])
+    store.delete([1, 2, 3, 4, 5])
+    store.close()
+    store = open_store()
+    assert store.backlog == 0
+    assert store.append([reading()]) == [6]
+
+
+def test_rows_leave_only_when_deleted_and_survive_reopen(open_store):
+    store = open_store()
+    store.append([reading(value=v) for v in (1.0, 2.0, 3.0)])
+    assert store.delete([2]) == 1
+    store.close()
+    store = open_store()
+    assert [r.seq for r in store.fetch(0)] == [1, 3]
+    assert store.backlog == 2
+
+
+def test_body_keeps_values_and_quality_as_json(open_store):
+    store = open_store()
+    store.append([reading(value=21.5, quality=("out_of_range",))])
+    (row,) = store.fetch(0)
+    assert json.loads("{" + row.body + "}") == {"values": {"temperature": 21.5}, "quality": ["out_of_range"]}
+
+
+def test_fetch_honours_the_seq_window(open_store):
+    store = open_store()
+    store.append([reading() for _ in range(10)])
+    assert [r.seq for r in store.fetch(3, before=7)] == [4, 5, 6]
+    assert [r.seq for r in store.fetch(0, limit=2)] == [1, 2]
+
+
+def test_full_buffer_drops_the_oldest_and_counts_them_across_restarts(open_store):
+    store = open_store(max_rows=100)
+    for _ in range(13):
+        store.append([reading() for _ in range(10)])
+    assert store.backlog == 100 and store.dropped == 30
+    assert store.fetch(0, limit=1)[0].seq == 31
+    store.close()
+    store = open_store(max_rows=100)
+    assert store.dropped == 30, "the drop count is persisted"
+    assert store.append([reading()]) == [131]
+
+
+def test_max_bytes_bounds_the_buffer_too(open_store):
+    store = open_store(max_bytes=20_000)
+    for i in range(300):
+        store.append([reading(value=float(i))])
+    assert store.dropped > 0
+    assert store.backlog < 300
+    assert store.fetch(0)[-1].seq == 300, "the newest stay"
+
+
+def test_nan_is_refused_rather_than_sent(open_store):
+    store = open_store()
+    with pytest.raises(ValueError):
+        store.append([reading(value=float("nan"))])
+    assert store.backlog == 0
+
+
+def test_a_commit_survives_sigkill_of_the_writer(tmp_path):
+    """Append, report, SIGKILL itself: the reopened buffer has the row (WAL, synchronous=NORMAL)."""
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from edge_node.store import NewReading, Store
+        s = Store({str(tmp_path / "buffer.db")!r}, max_rows=1000, max_bytes=10**8, sync_interval_s=3600)
+        s.open()
+        s.append([NewReading("bme280", {{"temperature": 1.0}}, (), time.time(), 1.0, "b", True)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], timeout=30)
+    assert proc.returncode == -9
+    with sqlite3.connect(tmp_path / "buffer.db") as db:
+        assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+
+
+def test_sync_fsyncs_the_wal(open_store):
+    store = open_store()
+    store.append([reading()])
+    before = store.last_sync
+    store.sync()
+    assert store.last_sync > before
+    assert os.path.exists(f"{store.path}-wal")
+
+
+def test_a_corrupt_buffer_is_moved_aside_and_the_seq_goes_on(open_store, tmp_path):
+    store = open_store()
+    store.append([reading() for _ in range(5)])
+    store.close()
+    (tmp_path / "buffer.db").write_bytes(b"this is not a database" * 100)
+    store = open_store()
+    assert store.moved_aside is not None and store.moved_aside.name.startswith("buffer.db.corrupt-")
+    assert store.moved_aside.read_bytes().startswith(b"this is not a database"), "kept for forensics"
+    assert store.backlog == 0
+    assert store.append([reading()])[0] > 5, "a seq that may have been sent is never reused"
+
+
+def test_a_deleted_buffer_does_not_restart_the_seq(open_store, tmp_path):
+    store = open_store()
+    store.append([reading() for _ in range(3)])
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"buffer.db{suffix}").unlink(missing_ok=True)
+    store = open_store()
+    assert store.append([reading()])[0] > 3
+
+
+def test_an_unreadable_directory_is_an_error_not_a_move(tmp_path):
+    store = Store(
+        tmp_path / "missing-dir-is-a-file" / "buffer.db", max_rows=1000, max_bytes=10**8, sync_interval_s=1
+    )
+    (tmp_path / "missing-dir-is-a-file").write_text("")
+    with pytest.raises(OSError):
+        store.open()
