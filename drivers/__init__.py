@@ -1,10 +1,11 @@
 """Sensor drivers: each turns bus traffic into a `Reading`.
 
 This package imports nothing else of edge-node. Every driver implements `Driver`:
-`open()`, `read() -> Reading`, `close()` and `probe()`; all four block, so the
-daemon calls them off the event loop. Foreign exceptions (OSError from a bus,
-RuntimeError from Adafruit's driver, ...) are translated once, here at the
-driver boundary, into the `DriverError` tree below.
+`open()`, `read() -> Reading | None`, `close()` and `probe()`; all four block, so the
+daemon calls them off the event loop. A driver may also offer `status() -> Mapping[str, object]`:
+extra, JSON-ready figures for the heartbeat's entry of that sensor (e.g. the SDS011's laser
+hours). Foreign exceptions (OSError from a bus, RuntimeError from Adafruit's driver, ...) are
+translated once, here at the driver boundary, into the `DriverError` tree below.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ class Driver(Protocol):
 
     def open(self) -> None: ...
 
-    def read(self) -> Reading: ...
+    def read(self) -> Reading | None:
+        """One reading; None when the sensor has nothing to report this time (asleep in its
+        duty cycle). Raises a `DriverError` when the sensor or its bus fails."""
+        ...
 
     def close(self) -> None: ...
 
