@@ -173,7 +173,8 @@ class Daemon:
                         await asyncio.to_thread(driver.open)
                         opened = True
                     reading = await asyncio.to_thread(driver.read)
-                    _check_values(reading.values)
+                    if reading is not None:
+                        _check_values(reading.values)
                 except Exception as err:  # a sensor never takes the daemon down
                     failures += 1
                     message = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
@@ -187,9 +188,11 @@ class Daemon:
                 if failures:
                     log.info("sensor %s: recovered after %d failed reads", name, failures)
                 failures = 0
-                self.health.ok(name, warming="warming_up" in reading.quality)
-                await queue.put(
-                    NewReading(
+                if reading is None:  # asleep in its duty cycle: nothing to report this time
+                    self.health.ok(name, asleep=True)
+                else:
+                    self.health.ok(name, warming="warming_up" in reading.quality)
+                    stamp = NewReading(
                         sensor=name,
                         values=reading.values,
                         quality=reading.quality,
@@ -198,7 +201,9 @@ class Daemon:
                         boot_id=boot,
                         synced=clock_synced(root),
                     )
-                )
+                    await queue.put(stamp)
+                if status := getattr(driver, "status", None):
+                    self.health.sensor(name).extra = dict(status())
                 next_at += interval
                 now = time.monotonic()
                 if next_at < now:  # a slow read: skip the missed slots rather than burst

@@ -16,9 +16,10 @@ class SensorState:
     state: str = "warming"  # "ok" | "warming" | "fault"
     error: str | None = None
     last_ok: float | None = None
+    extra: dict = field(default_factory=dict)  # the driver's own figures, from its status()
 
     def as_json(self) -> dict:
-        out: dict = {"state": self.state}
+        out: dict = {**self.extra, "state": self.state}
         if self.error:
             out["error"] = self.error
         if self.last_ok is not None:
@@ -40,10 +41,12 @@ class Health:
     def sensor(self, name: str) -> SensorState:
         return self.sensors.setdefault(name, SensorState())
 
-    def ok(self, name: str, warming: bool = False) -> None:
+    def ok(self, name: str, *, warming: bool = False, asleep: bool = False) -> None:
+        """A read succeeded; `asleep` (nothing to report by design) keeps `last_ok` as it was."""
         s = self.sensor(name)
         s.state, s.error = ("warming" if warming else "ok"), None
-        s.last_ok = time.time()
+        if not asleep:
+            s.last_ok = time.time()
 
     def fault(self, name: str, error: str) -> None:
         s = self.sensor(name)
