@@ -50,8 +50,8 @@ def test_wheel_installs_a_working_edge_node(tmp_path):
     )
     probe = (
         "import edge_node, edge_node.schemas as s, importlib.resources as r;"
-        "assert edge_node.__file__.startswith(%r);"
-        "s.load('heartbeat'); r.files('edge_node').joinpath('config.sample.toml').read_text()" % str(target)
+        f"assert edge_node.__file__.startswith({str(target)!r});"
+        "s.load('heartbeat'); r.files('edge_node').joinpath('config.sample.toml').read_text()"
     )
     subprocess.run(
         [sys.executable, "-c", probe],
