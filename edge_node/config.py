@@ -12,6 +12,7 @@ required keys. Unknown keys are errors. To support a new driver, add one entry t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import hashlib
@@ -126,6 +127,7 @@ class SensorConfig:
     driver: str
     interval_s: float
     options: Mapping[str, Any]  # the driver's validated options, defaults filled in
+    calibration: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -556,6 +558,16 @@ def _driver_name(value: Any) -> str:
     return name
 
 
+_CALIBRATION = table({"offset": Key(number(), 0), "slope": Key(number(above=0), 1)})
+
+
+def _calibration(value: Any) -> dict[str, dict[str, float]]:
+    """`{ temperature = { offset = -0.4 }, humidity = { slope = 1.03 } }`: value' = value * slope + offset."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a table of value names (got {_show(value)})")
+    return {name: _check_at(name, _CALIBRATION, item) for name, item in value.items()}
+
+
 def _sensor(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be a table (got {_show(value)})")
@@ -565,6 +577,7 @@ def _sensor(value: Any) -> dict[str, Any]:
     schema = {
         "driver": Key(_driver_name),
         "interval_s": Key(number(min=1), driver.interval_s),
+        "calibration": Key(_calibration, {}),
         **driver.options,
     }
     return _validate_table(value, schema)
@@ -657,7 +670,8 @@ def _build(values: dict[str, Any], source: str, base_dir: Path, data: bytes) -> 
                 name=name,
                 driver=sensor["driver"],
                 interval_s=sensor["interval_s"],
-                options={key: value for key, value in sensor.items() if key not in ("driver", "interval_s")},
+                options={k: v for k, v in sensor.items() if k not in ("driver", "interval_s", "calibration")},
+                calibration=sensor["calibration"],
             )
             for name, sensor in values["sensors"].items()
         },

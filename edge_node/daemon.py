@@ -25,6 +25,7 @@ from .config import Config, SensorConfig
 from .forwarder import Forwarder
 from .health import Health
 from .notify import Notifier
+from .quality import NodeAir, refine, units_with_corrections
 from .sensors import Simulation, build_drivers, host_root
 from .store import NewReading, Store, StoreError
 
@@ -78,6 +79,7 @@ class Daemon:
             sync_interval_s=config.buffer.sync_interval_s,
         )
         self.ready = asyncio.Event()
+        self.air = NodeAir()
         self._overflow: deque[NewReading] = deque()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -92,7 +94,7 @@ class Daemon:
             disk = str(cfg.buffer.path.parent)
             self.health = Health(config_hash=cfg.config_hash, host_vitals=lambda: host_vitals(root, disk))
             for name, driver in drivers.items():
-                self.store.set_units(name, driver.units)
+                self.store.set_units(name, units_with_corrections(driver.units))
                 self.health.sensor(name)
             publish_timeout = max(10.0, cfg.broker.keepalive_s)
             self.forwarder = Forwarder(
@@ -192,10 +194,12 @@ class Daemon:
                     self.health.ok(name, asleep=True)
                 else:
                     self.health.ok(name, warming="warming_up" in reading.quality)
+                    refined = refine(reading.values, reading.quality, cfg.calibration, self.air)
                     stamp = NewReading(
                         sensor=name,
-                        values=reading.values,
-                        quality=reading.quality,
+                        values=refined.values,
+                        quality=refined.quality,
+                        meta=refined.meta,
                         wall=time.time(),
                         mono=boottime(),
                         boot_id=boot,

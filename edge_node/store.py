@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS readings (
     mono    REAL    NOT NULL,     -- CLOCK_BOOTTIME when read, to correct `wall` after a clock sync
     boot_id TEXT    NOT NULL,
     synced  INTEGER NOT NULL,     -- was the wall clock synchronised when read
-    body    TEXT    NOT NULL      -- '"values":{...},"quality":[...]', spliced into the payload as is
+    body    TEXT    NOT NULL      -- '"values":{..},"quality":[..]' (,"meta":{..}): spliced into the payload
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
@@ -66,6 +66,7 @@ class NewReading:
     mono: float
     boot_id: str
     synced: bool
+    meta: Mapping | None = None  # calibration and corrections applied, as sent on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +80,11 @@ class StoredReading:
     body: str
 
 
-def encode_body(values: Mapping[str, float], quality: Iterable[str]) -> str:
-    body = json.dumps({"values": values, "quality": list(quality)}, separators=(",", ":"), allow_nan=False)
-    return body[1:-1]
+def encode_body(values: Mapping[str, float], quality: Iterable[str], meta: Mapping | None = None) -> str:
+    body: dict = {"values": values, "quality": list(quality)}
+    if meta:
+        body["meta"] = meta
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)[1:-1]
 
 
 class Store:
@@ -250,7 +253,7 @@ class Store:
         added = 0
         seq = self._next_seq
         for r in readings:
-            body = encode_body(r.values, r.quality)
+            body = encode_body(r.values, r.quality, r.meta)
             rows.append((seq, r.sensor, r.wall, r.mono, r.boot_id, int(r.synced), body))
             added += len(body) + len(r.sensor) + ROW_OVERHEAD
             seq += 1

@@ -645,3 +645,31 @@ def test_an_unreadable_broker_file_is_reported(tmp_path):
     with pytest.raises(ConfigError) as raised:
         parse(MINIMAL + 'username = "u"\npassword_file = "secret"\n', base_dir=tmp_path)
     assert str(raised.value) == f"config.toml: broker.password_file: cannot read {secret}: Permission denied"
+
+
+def test_calibration_is_per_value_with_defaults(tmp_path):
+    text = (
+        MINIMAL + '[sensors.b]\ndriver = "bme280"\nbus = "sim"\n'
+        "calibration = { temperature = { offset = -0.4 }, humidity = { slope = 1.03 } }\n"
+    )
+    sensor = parse_config(text).sensors["b"]
+    assert sensor.calibration == {
+        "temperature": {"offset": -0.4, "slope": 1.0},
+        "humidity": {"offset": 0.0, "slope": 1.03},
+    }
+    assert "calibration" not in sensor.options
+
+
+@pytest.mark.parametrize(
+    ("calibration", "message"),
+    [
+        ("{ temperature = { ofset = 1 } }", "sensors.b.calibration.temperature.ofset: unknown key"),
+        ("{ temperature = { slope = 0 } }", "sensors.b.calibration.temperature.slope: must be > 0 (got 0)"),
+        ("3", "sensors.b.calibration: must be a table of value names (got 3)"),
+    ],
+)
+def test_bad_calibration_names_the_key(calibration, message):
+    text = MINIMAL + f'[sensors.b]\ndriver = "bme280"\nbus = "sim"\ncalibration = {calibration}\n'
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="config.toml")
+    assert str(err.value).startswith(f"config.toml: {message}")
