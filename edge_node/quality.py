@@ -24,7 +24,7 @@ HUMIDITY_MAX_AGE_S = 900.0  # an older humidity reading no longer describes the 
 PM_CORRECTION_MODEL = "kappa-koehler(k=0.4,rho=1.65)"
 KAPPA = 0.4
 DENSITY = 1.65
-RH_CAP = 98.0  # the model diverges towards 100 %RH, where fog droplets are no longer aerosol
+RH_CAP = 95.0  # the model diverges towards 100 %RH, where fog droplets are no longer aerosol
 PM_VALUES = ("pm2_5", "pm10")
 
 
