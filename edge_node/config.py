@@ -133,6 +133,8 @@ class SensorConfig:
 @dataclass(frozen=True)
 class SimulationConfig:
     seed: int
+    # Scheduled faults for simulated sensors: {"sensor", "fault", "at_s", "for_s" (None: for good)}.
+    faults: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -485,8 +487,26 @@ SECTIONS: dict[str, dict[str, Key]] = {
     },
     "simulation": {
         "seed": Key(integer(min=0), 42),
+        "faults": Key(lambda value: _simulated_faults(value), []),
     },
 }
+_FAULT = table(
+    {
+        "sensor": Key(string()),
+        "fault": Key(string()),
+        "at_s": Key(number(min=0), 0),
+        "for_s": Key(number(above=0), None),
+    }
+)
+
+
+def _simulated_faults(value: Any) -> tuple[dict[str, Any], ...]:
+    """`[[simulation.faults]]` tables; which sensor and fault names exist is checked at start."""
+    if not isinstance(value, list):
+        raise _Invalid(f"must be an array of tables (got {_show(value)})")
+    return tuple(_check_at(str(i), _FAULT, item) for i, item in enumerate(value))
+
+
 SECTION_RULES = {"broker": _broker_credentials_fit}  # rules across the keys of one section
 
 

@@ -26,7 +26,7 @@ from .forwarder import Forwarder
 from .health import Health
 from .notify import Notifier
 from .quality import NodeAir, refine, units_with_corrections
-from .sensors import Simulation, build_drivers, host_root
+from .sensors import Simulation, build_drivers, check_faults, host_root
 from .store import NewReading, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class Liveness:
 
 class Daemon:
     def __init__(self, config: Config, *, notifier: Notifier | None = None):
+        check_faults(config)
         self.config = config
         self.notifier = notifier or Notifier()
         self.liveness = Liveness()
@@ -85,7 +86,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         self.store.open()
-        sim = Simulation(cfg.simulation.seed)
+        sim = Simulation(cfg.simulation.seed, cfg.simulation.faults)
         try:
             drivers = build_drivers(cfg, sim)
             root = host_root(cfg, sim)

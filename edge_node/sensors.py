@@ -8,33 +8,61 @@ node without GPIO never imports gpiozero, and a developer machine never needs sm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from drivers import Driver, DriverError, ProbeResult, Reading
 
-from .config import Config, SensorConfig
+from .config import Config, ConfigError, SensorConfig
 
 log = logging.getLogger(__name__)
 
 SIM_TICK_S = 1.0
 
 
-class Simulation:
-    """The simulated world of one node: one environment model shared by all its simulators."""
+def _flag(attribute: str, value: object = True) -> Callable[[object, bool], None]:
+    """A fault that is one attribute of a simulator's `faults`, set while active."""
 
-    def __init__(self, seed: int):
+    def switch(device: object, active: bool) -> None:
+        default = type(device.faults)().__getattribute__(attribute)  # type: ignore[attr-defined]
+        setattr(device.faults, attribute, value if active else default)  # type: ignore[attr-defined]
+
+    return switch
+
+
+# The faults a simulated node's config (`[[simulation.faults]]`) may schedule, per driver.
+FAULTS: dict[str, dict[str, Callable[[object, bool], None]]] = {
+    "bme280": {"nack": _flag("nack"), "wrong_chip": _flag("chip_id", 0x58), "stuck": _flag("stuck")},
+    "pi_health": {
+        "under_voltage": _flag("under_voltage"),
+        "overheat": _flag("overheat"),
+        "clock_unsynced": _flag("clock_unsynced"),
+        "missing_thermal": _flag("missing_thermal"),
+    },
+}
+
+
+class Simulation:
+    """The simulated world of one node: one environment model shared by all its simulators,
+    each simulator reachable by its sensor's name (`devices`) for faults at run time."""
+
+    def __init__(self, seed: int, faults: tuple = ()):
         self.seed = seed
+        self.schedule = list(faults)
+        self.devices: dict[str, object] = {}
+        self._drivers: dict[str, str] = {}  # sensor name -> driver name, for the fault table
         self._environment = None
         self._hosts: dict = {}
         self._workdir: Path | None = None
 
     @property
     def active(self) -> bool:
-        return self._environment is not None or bool(self._hosts)
+        return bool(self.devices)
 
     def environment(self):
         if self._environment is None:
@@ -43,30 +71,86 @@ class Simulation:
             self._environment = Environment(self.seed)
         return self._environment
 
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="edge-node-sim-"))
+        return self._workdir
+
+    def add(self, sensor: str, driver: str, device: object) -> object:
+        self.devices[sensor] = device
+        self._drivers[sensor] = driver
+        return device
+
     def host(self, name: str):
         """The simulated host tree of the sensor `name`, made on first use."""
         if name in self._hosts:
             return self._hosts[name]
         from simulators.host import SimHost
 
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="edge-node-sim-"))
         env = self.environment()
-        host = SimHost(self._workdir / name, seed=self.seed, ambient=lambda: env.now().temperature_c)
-        host.update()
-        self._hosts[name] = host
+        host = SimHost(self.workdir() / name, seed=self.seed, ambient=lambda: env.now().temperature_c)
+        self._hosts[name] = self.add(name, "pi_health", host)
         return host
 
+    def set_fault(self, sensor: str, fault: str, active: bool = True) -> None:
+        switch = FAULTS.get(self._drivers.get(sensor, ""), {}).get(fault)
+        if switch is None:
+            raise KeyError(f"no fault {fault!r} for simulated sensor {sensor!r}")
+        log.warning("simulation: %s fault %r %s", sensor, fault, "on" if active else "cleared")
+        switch(self.devices[sensor], active)
+
     async def run(self) -> None:
-        """Keep the simulated host trees moving; the register-level simulators need no clock."""
+        """Keep the simulated host trees moving and play the fault schedule."""
+        started = time.monotonic()
+        pending = sorted(self.schedule, key=lambda f: f["at_s"])
+        clearing: list[tuple[float, dict]] = []
         while True:
+            elapsed = time.monotonic() - started
+            while pending and pending[0]["at_s"] <= elapsed:
+                fault = pending.pop(0)
+                self.set_fault(fault["sensor"], fault["fault"])
+                if fault["for_s"] is not None:
+                    clearing.append((fault["at_s"] + fault["for_s"], fault))
+            for due, fault in [c for c in clearing if c[0] <= elapsed]:
+                clearing.remove((due, fault))
+                self.set_fault(fault["sensor"], fault["fault"], active=False)
             for host in self._hosts.values():
                 host.update()
             await asyncio.sleep(SIM_TICK_S)
 
     def close(self) -> None:
+        for device in self.devices.values():
+            with contextlib.suppress(Exception):
+                getattr(device, "stop", lambda: None)()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def check_faults(config: Config) -> None:
+    """Scheduled faults must name a simulated sensor and one of its driver's faults."""
+    for i, fault in enumerate(config.simulation.faults):
+        key = f"simulation.faults.{i}"
+        sensor = config.sensors.get(fault["sensor"])
+        if sensor is None:
+            raise ConfigError(config.source, f"{key}.sensor", f"no sensor named {fault['sensor']!r}")
+        known = FAULTS.get(sensor.driver, {})
+        if fault["fault"] not in known:
+            raise ConfigError(
+                config.source,
+                f"{key}.fault",
+                f"unknown fault {fault['fault']!r} for {sensor.driver} (known: {', '.join(sorted(known))})",
+            )
+        if not _is_simulated(sensor):
+            raise ConfigError(config.source, f"{key}.sensor", f"sensors.{sensor.name} is not simulated")
+
+
+def _is_simulated(cfg: SensorConfig) -> bool:
+    return "sim" in (
+        cfg.options.get("bus"),
+        cfg.options.get("port"),
+        cfg.options.get("root"),
+        cfg.options.get("pin_factory"),
+    )
 
 
 class UnavailableDriver:
@@ -104,7 +188,7 @@ def _bme280(cfg: SensorConfig, sim: Simulation, host_root: str) -> Driver:
             c = env.now()
             return c.temperature_c, c.humidity_rh, c.pressure_hpa
 
-        bus = SimI2CBus({address: SimBME280(conditions)})
+        bus = SimI2CBus({address: sim.add(cfg.name, "bme280", SimBME280(conditions))})
     else:
         from drivers.buses.linux_i2c import LinuxI2C
 
