@@ -40,6 +40,9 @@ STORM_GAP_S = 0.001  # mean time between its toggles (exponential): some outlast
 JITTER = 0.05  # each period varies by up to +-5 %, as a rotor's speed or a bucket's fill does
 CLOSED_SHARE_MAX = 0.4  # a closure takes at most this share of the period
 POLL_S = 0.05  # how often the thread looks at the rate and the faults between pulses
+# The thread drives edges closer together than this back to back: the OS overshoots shorter sleeps
+# by more than their length (by milliseconds on a busy machine), which would turn bounce into pulses.
+SHORTEST_SLEEP_S = 0.002
 RAIN_CLOSED_S = 0.05  # the magnet sweeps past the reed in tens of ms as the bucket tips
 
 
@@ -120,14 +123,13 @@ class SimPulseSource:
 
     def emit(self, edges: Iterable[Edge], clock: SimClock | None = None) -> None:
         """Drive the pin through `edges`, in time order, from the calling thread. With `clock`,
-        set it to each edge's time first: exact and instant. Without, wait in real time, the
-        times counting from the call."""
-        start = time.monotonic()
+        set it to each edge's time first: exact and instant. Without, play them in real time
+        from now, as the thread does."""
+        if clock is None:
+            self._play(edges, threading.Event())
+            return
         for t, level in edges:
-            if clock is not None:
-                clock.t = t
-            else:
-                time.sleep(max(0.0, start + t - time.monotonic()))
+            clock.t = t
             self._drive(level)
 
     def start(self) -> SimPulseSource:
@@ -165,7 +167,7 @@ class SimPulseSource:
             if phase >= threshold:
                 phase = min(phase - threshold, 1.0)  # running late: catch up by one pulse, no more
                 threshold = 1.0 + self._rng.uniform(-JITTER, JITTER)
-                self._play(self.closure_edges(0.0, 1.0 / rate if rate > 0 else math.inf))
+                self._play(self.closure_edges(0.0, 1.0 / rate if rate > 0 else math.inf), self._stop)
             else:
                 self._stop.wait(POLL_S if rate == 0 else min(POLL_S, (threshold - phase) / rate))
             now = time.monotonic()
@@ -174,12 +176,12 @@ class SimPulseSource:
         if not self.faults.stuck_closed:
             self._drive(HIGH)
 
-    def _play(self, edges: list[Edge]) -> None:
-        """Drive `edges` (times from now) in real time; returns early on stop()."""
-        start = time.monotonic()
+    def _play(self, edges: Iterable[Edge], stop: threading.Event) -> None:
+        """Drive `edges` (times from now) in real time; returns early when `stop` is set."""
+        previous = 0.0
         for t, level in edges:
-            delay = start + t - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
+            gap, previous = t - previous, t
+            if gap >= SHORTEST_SLEEP_S and stop.wait(gap):
                 return
             self._drive(level)
 
