@@ -54,6 +54,18 @@ bus = "sim"
 address = 0x76
 interval_s = 2
 
+[sensors.rain]
+driver = "rain_gauge"
+pin = 6
+pin_factory = "sim"
+interval_s = 10
+
+[sensors.wind]
+driver = "anemometer"
+pin = 5
+pin_factory = "sim"
+interval_s = 5
+
 [sensors.host]
 driver = "pi_health"
 root = "sim"

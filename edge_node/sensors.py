@@ -38,6 +38,16 @@ def _flag(attribute: str, value: object = True) -> Callable[[object, bool], None
 # The faults a simulated node's config (`[[simulation.faults]]`) may schedule, per driver.
 FAULTS: dict[str, dict[str, Callable[[object, bool], None]]] = {
     "bme280": {"nack": _flag("nack"), "wrong_chip": _flag("chip_id", 0x58), "stuck": _flag("stuck")},
+    "rain_gauge": {
+        "bounce_storm": _flag("bounce_storm"),
+        "stuck_closed": _flag("stuck_closed"),
+        "disconnected": _flag("disconnected"),
+    },
+    "anemometer": {
+        "bounce_storm": _flag("bounce_storm"),
+        "stuck_closed": _flag("stuck_closed"),
+        "disconnected": _flag("disconnected"),
+    },
     "pi_health": {
         "under_voltage": _flag("under_voltage"),
         "overheat": _flag("overheat"),
@@ -57,6 +67,7 @@ class Simulation:
         self.devices: dict[str, object] = {}
         self._drivers: dict[str, str] = {}  # sensor name -> driver name, for the fault table
         self._environment = None
+        self.pin_factory = None  # one gpiozero MockFactory for all simulated pulse sensors
         self._hosts: dict = {}
         self._workdir: Path | None = None
 
@@ -202,9 +213,55 @@ def _pi_health(cfg: SensorConfig, sim: Simulation, disk_path: str) -> Driver:
     return PiHealthDriver(host_root_of(cfg, sim), disk_path=disk_path)
 
 
+def _pin_factory(cfg: SensorConfig, sim: Simulation):
+    """gpiozero's factory: lgpio on a Pi; under simulation one MockFactory shared by the node."""
+    from drivers.pulse_counter import make_pin_factory
+
+    if cfg.options["pin_factory"] != "sim":
+        return make_pin_factory(cfg.options["pin_factory"])
+    if sim.pin_factory is None:
+        sim.pin_factory = make_pin_factory("sim")
+    return sim.pin_factory
+
+
+def _rain_gauge(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
+    from drivers.rain_gauge import RainGaugeDriver
+
+    factory = _pin_factory(cfg, sim)
+    pin, mm_per_tip = cfg.options["pin"], cfg.options["mm_per_tip"]
+    if cfg.options["pin_factory"] == "sim":
+        from simulators.gpio import rain_source
+
+        env = sim.environment()
+        source = rain_source(factory, pin, lambda: env.now().rain_mm_h, mm_per_tip=mm_per_tip, seed=sim.seed)
+        sim.add(cfg.name, "rain_gauge", source).start()
+    return RainGaugeDriver(pin, pin_factory=factory, mm_per_tip=mm_per_tip, state_path=_state(state_dir, cfg))
+
+
+def _anemometer(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
+    from drivers.anemometer import AnemometerDriver
+
+    factory = _pin_factory(cfg, sim)
+    pin, ms_per_hz = cfg.options["pin"], cfg.options["ms_per_hz"]
+    if cfg.options["pin_factory"] == "sim":
+        from simulators.gpio import wind_source
+
+        env = sim.environment()
+        source = wind_source(factory, pin, lambda: env.now().wind_ms, ms_per_hz=ms_per_hz, seed=sim.seed)
+        sim.add(cfg.name, "anemometer", source).start()
+    return AnemometerDriver(pin, pin_factory=factory, ms_per_hz=ms_per_hz, state_path=_state(state_dir, cfg))
+
+
+def _state(state_dir: str, cfg: SensorConfig) -> Path:
+    """Where a driver keeps what must survive a restart (counters, laser hours): beside the buffer."""
+    return Path(state_dir) / f"{cfg.name}.state.json"
+
+
 BACKENDS: dict[str, Callable[[SensorConfig, Simulation, str], Driver]] = {
     "bme280": _bme280,
     "pi_health": _pi_health,
+    "rain_gauge": _rain_gauge,
+    "anemometer": _anemometer,
 }
 
 
