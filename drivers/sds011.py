@@ -23,9 +23,9 @@ before it, the fan and laser are warming up.
 - Awake, less than on_s after waking: the mean of the frames since the previous read, flagged
   `warming_up`.
 - Awake, on_s or more after waking: the mean of every frame since the window opened, clean; then
-  the sensor is told to sleep. The cycle moves only when read() is called, so the sensor stays
-  awake until the first read() at least on_s after waking: pick interval_s so that on_s is a
-  multiple of it, or the laser runs up to one interval longer than on_s.
+  the sensor is told to sleep. The cycle moves only when read() is called; `next_read_in()` tells
+  the caller when the next step is due (the daemon's sampler reads then, even between its
+  intervals), so the laser runs on_s, not up to one interval more.
 - Asleep, less than off_s after sleeping: None (nothing to report).
 - Asleep, off_s or more after sleeping: wakes it and returns None.
 After the sleep command the sensor must confirm, or go quiet: `FRAMES_AFTER_SLEEP` more data
@@ -224,6 +224,19 @@ class SDS011Driver:
             f"PM2.5 {v['pm2_5']} ug/m3, PM10 {v['pm10']} ug/m3 (just woken: warming up)"
         )
         return ProbeResult(True, detail, info)
+
+    def next_read_in(self) -> float | None:
+        """Seconds until the duty cycle's next step (the wake, or the clean reading); None without
+        a duty cycle or while the port is closed."""
+        if self.duty is None:
+            return None
+        on_s, off_s = self.duty
+        now = self._clock()
+        if self._slept_at is not None:
+            return max(0.0, self._slept_at + off_s - now)
+        if self._woke_at is not None:
+            return max(0.0, self._woke_at + on_s - now)
+        return None
 
     def status(self) -> dict[str, object]:
         """Laser hours and what else is known, for the heartbeat. Cheap; never touches the port."""

@@ -167,6 +167,7 @@ class Daemon:
         boot = boot_id()
         opened = False
         failures = 0
+        next_read_in = getattr(driver, "next_read_in", None)
         next_at = time.monotonic()
         try:
             while True:
@@ -213,6 +214,8 @@ class Daemon:
                 now = time.monotonic()
                 if next_at < now:  # a slow read: skip the missed slots rather than burst
                     next_at = now + interval - (now - next_at) % interval
+                if next_read_in is not None and (due := next_read_in()) is not None and now + due < next_at:
+                    next_at = now + due  # a duty-cycled sensor's next step comes before the interval
                 await asyncio.sleep(next_at - now)
         finally:
             self.liveness.unregister(f"sampler:{name}")

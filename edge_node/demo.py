@@ -54,6 +54,11 @@ bus = "sim"
 address = 0x76
 interval_s = 2
 
+[sensors.sds011]
+driver = "sds011"
+port = "sim"
+interval_s = 5
+
 [sensors.rain]
 driver = "rain_gauge"
 pin = 6

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -25,19 +26,46 @@ log = logging.getLogger(__name__)
 SIM_TICK_S = 1.0
 
 
-def _flag(attribute: str, value: object = True) -> Callable[[object, bool], None]:
+FaultSwitch = Callable[["Simulation", str, bool], None]
+
+
+def _flag(attribute: str, value: object = True) -> FaultSwitch:
     """A fault that is one attribute of a simulator's `faults`, set while active."""
 
-    def switch(device: object, active: bool) -> None:
-        default = type(device.faults)().__getattribute__(attribute)  # type: ignore[attr-defined]
-        setattr(device.faults, attribute, value if active else default)  # type: ignore[attr-defined]
+    def switch(sim: Simulation, sensor: str, active: bool) -> None:
+        faults = sim.devices[sensor].faults  # type: ignore[attr-defined]
+        setattr(faults, attribute, value if active else getattr(type(faults)(), attribute))
 
     return switch
 
 
+def _fog(sim: Simulation, sensor: str, active: bool) -> None:
+    """Fog is the air's, not one sensor's: humidity near saturation and droplets counted as PM."""
+    sim.fog = active
+
+
+def _unplug(sim: Simulation, sensor: str, active: bool) -> None:
+    faults = sim.devices[sensor].faults  # type: ignore[attr-defined]
+    faults.vanish() if active else faults.reappear()
+
+
 # The faults a simulated node's config (`[[simulation.faults]]`) may schedule, per driver.
-FAULTS: dict[str, dict[str, Callable[[object, bool], None]]] = {
-    "bme280": {"nack": _flag("nack"), "wrong_chip": _flag("chip_id", 0x58), "stuck": _flag("stuck")},
+FAULTS: dict[str, dict[str, FaultSwitch]] = {
+    "bme280": {
+        "nack": _flag("nack"),
+        "wrong_chip": _flag("chip_id", 0x58),
+        "stuck": _flag("stuck"),
+        "fog": _fog,
+    },
+    "sds011": {
+        "garbage": _flag("garbage", 0.5),
+        "bad_checksum": _flag("bad_checksum", 0.5),
+        "partial_frames": _flag("partial_frames", 0.5),
+        "ignore_sleep": _flag("ignore_sleep"),
+        "stuck": _flag("stuck"),
+        "vanish": _unplug,
+        "fog": _fog,
+    },
     "rain_gauge": {
         "bounce_storm": _flag("bounce_storm"),
         "stuck_closed": _flag("stuck_closed"),
@@ -68,6 +96,7 @@ class Simulation:
         self._drivers: dict[str, str] = {}  # sensor name -> driver name, for the fault table
         self._environment = None
         self.pin_factory = None  # one gpiozero MockFactory for all simulated pulse sensors
+        self.fog = False
         self._hosts: dict = {}
         self._workdir: Path | None = None
 
@@ -81,6 +110,15 @@ class Simulation:
 
             self._environment = Environment(self.seed)
         return self._environment
+
+    def conditions(self):
+        """The environment now, with fog (when injected) on top of the model."""
+        c = self.environment().now()
+        if self.fog:
+            c = dataclasses.replace(
+                c, humidity_rh=max(c.humidity_rh, 98.0), pm2_5=c.pm2_5 * 4, pm10=c.pm10 * 4
+            )
+        return c
 
     def workdir(self) -> Path:
         if self._workdir is None:
@@ -108,7 +146,7 @@ class Simulation:
         if switch is None:
             raise KeyError(f"no fault {fault!r} for simulated sensor {sensor!r}")
         log.warning("simulation: %s fault %r %s", sensor, fault, "on" if active else "cleared")
-        switch(self.devices[sensor], active)
+        switch(self, sensor, active)
 
     async def run(self) -> None:
         """Keep the simulated host trees moving and play the fault schedule."""
@@ -193,10 +231,8 @@ def _bme280(cfg: SensorConfig, sim: Simulation, host_root: str) -> Driver:
         from simulators.bme280 import SimBME280
         from simulators.i2c import SimI2CBus
 
-        env = sim.environment()
-
         def conditions() -> tuple[float, float, float]:
-            c = env.now()
+            c = sim.conditions()
             return c.temperature_c, c.humidity_rh, c.pressure_hpa
 
         bus = SimI2CBus({address: sim.add(cfg.name, "bme280", SimBME280(conditions))})
@@ -211,6 +247,22 @@ def _pi_health(cfg: SensorConfig, sim: Simulation, disk_path: str) -> Driver:
     from drivers.pi_health import PiHealthDriver
 
     return PiHealthDriver(host_root_of(cfg, sim), disk_path=disk_path)
+
+
+def _sds011(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
+    from drivers.sds011 import SDS011Driver
+
+    port = cfg.options["port"]
+    if port == "sim":
+        from simulators.sds011 import SimSDS011
+
+        def conditions() -> tuple[float, float]:
+            c = sim.conditions()
+            return c.pm2_5, c.pm10
+
+        device = SimSDS011(conditions, seed=sim.seed)
+        port = sim.add(cfg.name, "sds011", device).start().port
+    return SDS011Driver(port, duty=cfg.options["duty"], state_path=_state(state_dir, cfg))
 
 
 def _pin_factory(cfg: SensorConfig, sim: Simulation):
@@ -259,6 +311,7 @@ def _state(state_dir: str, cfg: SensorConfig) -> Path:
 
 BACKENDS: dict[str, Callable[[SensorConfig, Simulation, str], Driver]] = {
     "bme280": _bme280,
+    "sds011": _sds011,
     "pi_health": _pi_health,
     "rain_gauge": _rain_gauge,
     "anemometer": _anemometer,
