@@ -58,3 +58,50 @@ def pi_health(bus_kind, tmp_path):
         yield PiHealthDriver(host.root, disk_path=tmp_path)
     else:
         yield PiHealthDriver("/", disk_path="/var/lib")
+
+
+@pytest.fixture
+def sds011(bus_kind, tmp_path):
+    from drivers.sds011 import SDS011Driver
+
+    if bus_kind == "sim":
+        from simulators.environment import Environment
+        from simulators.sds011 import SimSDS011
+
+        env = Environment(seed=1)
+        device = SimSDS011(lambda: (env.now().pm2_5, env.now().pm10), frame_interval_s=0.1).start()
+        driver = SDS011Driver(device.port, state_path=tmp_path / "sds011.json")
+        yield driver
+        driver.close()
+        device.stop()
+    else:
+        driver = SDS011Driver(
+            os.environ.get("EDGE_NODE_SDS011_PORT", "/dev/serial0"), state_path=tmp_path / "s.json"
+        )
+        yield driver
+        driver.close()
+
+
+@pytest.fixture(params=["rain_gauge", "anemometer"])
+def pulse_sensor(request, bus_kind, tmp_path):
+    """A pulse sensor with pulses arriving: simulated, or (hw) turned/tipped by the technician."""
+    from drivers.anemometer import AnemometerDriver
+    from drivers.pulse_counter import make_pin_factory
+    from drivers.rain_gauge import RainGaugeDriver
+
+    cls, pin_env, default_pin = {
+        "rain_gauge": (RainGaugeDriver, "EDGE_NODE_RAIN_PIN", 6),
+        "anemometer": (AnemometerDriver, "EDGE_NODE_WIND_PIN", 5),
+    }[request.param]
+    pin = int(os.environ.get(pin_env, default_pin))
+    factory = make_pin_factory("sim" if bus_kind == "sim" else "lgpio")
+    source = None
+    if bus_kind == "sim":
+        from simulators.gpio import SimPulseSource
+
+        source = SimPulseSource(factory, pin, lambda: 5.0).start()
+    driver = cls(pin, pin_factory=factory, state_path=tmp_path / "state.json")
+    yield driver
+    driver.close()
+    if source is not None:
+        source.stop()

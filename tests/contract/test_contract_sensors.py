@@ -42,3 +42,26 @@ def test_pi_health_is_a_driver_that_reads_the_host(pi_health):
     assert reading.values["mem_available_mb"] > 0
     assert reading.values["disk_free_mb"] > 0
     assert pi_health.probe().found
+
+
+def test_sds011_is_a_driver_that_reads_pm(sds011):
+    assert isinstance(sds011, Driver)
+    sds011.open()
+    reading = sds011.read()
+    _assert_reading(sds011, reading)
+    assert 0 <= reading.values["pm2_5"] <= reading.values["pm10"] + 0.1 < 1000
+    result = sds011.probe()
+    assert result.found, result.detail
+    assert result.info["firmware"]
+
+
+def test_pulse_sensors_count_what_arrives(pulse_sensor):
+    import time
+
+    assert isinstance(pulse_sensor, Driver)
+    pulse_sensor.open()
+    pulse_sensor.read()
+    time.sleep(1.5)  # on hardware: tip the bucket / spin the cups now
+    reading = pulse_sensor.read()
+    _assert_reading(pulse_sensor, reading)
+    assert max(reading.values.values()) > 0, "pulses were counted"
