@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from functools import partial
+from pathlib import Path
 
 from drivers import Driver
 
-from .clock import boot_id, boottime, clock_synced
+from .clock import boot_id, boottime, clock_synced, format_ts
 from .config import Config, SensorConfig
 from .forwarder import Forwarder
 from .health import Health
@@ -31,10 +34,17 @@ from .store import NewReading, Store, StoreError
 
 log = logging.getLogger(__name__)
 
+STATUS_FILE = "status.json"
 QUEUE_SIZE = 1000  # readings between samplers and the store writer
 OVERFLOW_ROWS = 10_000  # readings held in memory while the store cannot be written
 MAX_FAULT_BACKOFF_S = 300.0
 STORE_RETRY_S = 5.0
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, path)
 
 
 def _check_values(values) -> None:
@@ -129,6 +139,7 @@ class Daemon:
             writer = tg.create_task(self._write_store(queue), name="store-writer")
             forwarder = tg.create_task(self.forwarder.run(), name="forwarder")
             helpers = [
+                tg.create_task(self._write_status(), name="status-writer"),
                 tg.create_task(self._sync_store(), name="store-syncer"),
                 tg.create_task(self._watchdog(), name="watchdog"),
             ]
@@ -196,6 +207,7 @@ class Daemon:
                     self.health.ok(name, asleep=True)
                 else:
                     self.health.ok(name, warming="warming_up" in reading.quality)
+                    self.health.sensor(name).last_values = dict(reading.values)
                     refined = refine(reading.values, reading.quality, cfg.calibration, self.air)
                     stamp = NewReading(
                         sensor=name,
@@ -260,6 +272,42 @@ class Daemon:
             await asyncio.sleep(interval)
             self.forwarder.flush_acks()
             await asyncio.to_thread(self.store.sync)
+
+    # -- the technician's view (`edge-node status`) ---------------------------------------------
+
+    async def _write_status(self) -> None:
+        """A small JSON for `edge-node status`: in systemd's RuntimeDirectory (RAM) when there is
+        one, else beside the buffer at the heartbeat's pace, to spare the card."""
+        runtime = os.environ.get("RUNTIME_DIRECTORY")
+        path = Path(runtime.split(":")[0] if runtime else self.config.buffer.path.parent) / STATUS_FILE
+        interval = 5.0 if runtime else self.config.health.heartbeat_s
+        while True:
+            try:
+                write_json_atomic(path, self._status_snapshot())
+            except OSError as err:
+                log.warning("cannot write %s: %s", path, err)
+            await asyncio.sleep(interval)
+
+    def _status_snapshot(self) -> dict:
+        fwd, store = self.forwarder, self.store
+        oldest = store.oldest_unsent_wall()
+        return {
+            "ts": format_ts(time.time()),
+            "pid": os.getpid(),
+            "node": self.config.node.id,
+            "broker": {
+                "url": self.config.broker.url,
+                "connected": fwd.connected,
+                "last_publish": format_ts(fwd.last_publish) if fwd.last_publish else None,
+            },
+            "seq_sent": fwd.seq_sent,
+            "backlog": store.backlog,
+            "oldest_unsent_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
+            "dropped": store.dropped,
+            "sensors": {
+                name: {**s.as_json(), "last_values": s.last_values} for name, s in self.health.sensors.items()
+            },
+        }
 
     # -- systemd --------------------------------------------------------------------------------
 

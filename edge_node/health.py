@@ -17,6 +17,7 @@ class SensorState:
     error: str | None = None
     last_ok: float | None = None
     extra: dict = field(default_factory=dict)  # the driver's own figures, from its status()
+    last_values: dict | None = None  # for `edge-node status`, not the heartbeat
 
     def as_json(self) -> dict:
         out: dict = {**self.extra, "state": self.state}
