@@ -91,7 +91,8 @@ class Simulation:
 
     def __init__(self, seed: int, faults: tuple = ()):
         self.seed = seed
-        self.schedule = list(faults)
+        self._pending = sorted(faults, key=lambda f: f["at_s"])
+        self._clearing: list = []
         self.devices: dict[str, object] = {}
         self._drivers: dict[str, str] = {}  # sensor name -> driver name, for the fault table
         self._environment = None
@@ -148,29 +149,36 @@ class Simulation:
         log.warning("simulation: %s fault %r %s", sensor, fault, "on" if active else "cleared")
         switch(self, sensor, active)
 
+    def apply_due(self, elapsed_s: float) -> None:
+        """Switch on the scheduled faults due by `elapsed_s`, and off those whose time is up."""
+        for fault in [f for f in self._pending if f["at_s"] <= elapsed_s]:
+            self._pending.remove(fault)
+            self.set_fault(fault["sensor"], fault["fault"])
+            if fault["for_s"] is not None:
+                self._clearing.append(fault)
+        for fault in [f for f in self._clearing if f["at_s"] + f["for_s"] <= elapsed_s]:
+            self._clearing.remove(fault)
+            self.set_fault(fault["sensor"], fault["fault"], active=False)
+
+    def update_hosts(self) -> None:
+        for host in self._hosts.values():
+            host.update()
+
     async def run(self) -> None:
         """Keep the simulated host trees moving and play the fault schedule."""
         started = time.monotonic()
-        pending = sorted(self.schedule, key=lambda f: f["at_s"])
-        clearing: list[tuple[float, dict]] = []
         while True:
-            elapsed = time.monotonic() - started
-            while pending and pending[0]["at_s"] <= elapsed:
-                fault = pending.pop(0)
-                self.set_fault(fault["sensor"], fault["fault"])
-                if fault["for_s"] is not None:
-                    clearing.append((fault["at_s"] + fault["for_s"], fault))
-            for due, fault in [c for c in clearing if c[0] <= elapsed]:
-                clearing.remove((due, fault))
-                self.set_fault(fault["sensor"], fault["fault"], active=False)
-            for host in self._hosts.values():
-                host.update()
+            self.apply_due(time.monotonic() - started)
+            self.update_hosts()
             await asyncio.sleep(SIM_TICK_S)
 
     def close(self) -> None:
         for device in self.devices.values():
             with contextlib.suppress(Exception):
                 getattr(device, "stop", lambda: None)()
+        if self.pin_factory is not None:
+            with contextlib.suppress(Exception):
+                self.pin_factory.close()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 

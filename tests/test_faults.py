@@ -55,5 +55,5 @@ def test_an_unknown_scheduled_fault_is_a_config_error(tmp_path, broker):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"{config}: simulation.faults.0.fault: "
-        "unknown fault 'gremlins' for bme280 (known: nack, stuck, wrong_chip)"
+        "unknown fault 'gremlins' for bme280 (known: fog, nack, stuck, wrong_chip)"
     )
