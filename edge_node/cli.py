@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print each message's payload as JSON")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log too")
     demo.set_defaults(func=cmd_demo)
+
+    from provisioning.cli import register
+
+    register(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 
 import aiomqtt
@@ -20,8 +21,8 @@ import aiomqtt
 from .clock import boot_id, boottime, clock_synced, format_ts
 from .config import BrokerConfig, ForwardConfig
 from .health import Health
-from .payloads import ClockView, batch_payload, split_batches
-from .store import Store
+from .payloads import ClockView, batch_payload, group_batches
+from .store import Store, StoredReading
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ ACK_FLUSH_ROWS = 2000  # delete acknowledged rows at least this often, besides e
 IDLE_TICK_S = 1.0  # the pump proves it is alive at least this often
 STOP_DRAIN_S = 3.0  # at shutdown, how long in-flight messages may take to be acknowledged
 RECONNECT_BASE_S = 0.5
+BACKLOG_FETCH = 10  # backlog rows fetched at a time, in batches: enough for every sensor to fill one
 
 
 class ConnectionLost(Exception):
@@ -183,31 +185,34 @@ class Forwarder:
         window = asyncio.Semaphore(fwd.max_inflight)
         live_start = store.next_seq  # rows below it are the backlog, rows from it on are live
         live_after = live_start - 1
-        backlog_after = 0
+        backlog_after = 0  # backlog rows up to here are fetched: sent, or waiting in `batches`
+        batches: deque[tuple[list[StoredReading], list[str]]] = deque()
         bucket = TokenBucket(fwd.backfill_rate, fwd.batch_max)
         while not self._stopping.is_set():
             self.beat()
             clock = self._clock_view()
             live = store.fetch(live_after, limit=fwd.max_inflight)
             if live:
-                for _, rows, texts in split_batches(live, clock, 1):
+                for rows, texts in group_batches(live, clock, 1):
                     await window.acquire()
                     tg.create_task(self._send(client, window, rows, texts, backfill=False))
-                    live_after = rows[-1].seq
+                    live_after = max(live_after, rows[-1].seq)
                 continue
-            if backlog_after < live_start - 1:
-                rows = store.fetch(backlog_after, before=live_start, limit=fwd.batch_max)
-                if not rows:
-                    backlog_after = live_start - 1
-                    continue
-                _, batch, texts = next(split_batches(rows, clock, fwd.batch_max))
-                wait = bucket.delay_for(len(batch))
+            if not batches and backlog_after < live_start - 1:
+                window_rows = store.fetch(
+                    backlog_after, before=live_start, limit=fwd.batch_max * BACKLOG_FETCH
+                )
+                backlog_after = window_rows[-1].seq if window_rows else live_start - 1
+                batches.extend(group_batches(window_rows, clock, fwd.batch_max))
+            if batches:
+                rows, texts = batches[0]
+                wait = bucket.delay_for(len(rows))
                 if wait > 0:
                     await self._wait_new_data(wait)
                     continue
+                batches.popleft()
                 await window.acquire()
-                tg.create_task(self._send(client, window, batch, texts, backfill=True))
-                backlog_after = batch[-1].seq
+                tg.create_task(self._send(client, window, rows, texts, backfill=True))
                 continue
             self.new_data.clear()
             if store.next_seq - 1 > live_after:

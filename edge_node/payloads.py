@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .clock import format_ts
 from .store import StoredReading
@@ -20,14 +20,14 @@ class ClockView:
 
 def reading_json(row: StoredReading, clock: ClockView) -> str:
     if row.synced:
-        return f'{{"seq":{row.seq},"ts":"{format_ts(row.wall)}",{row.body}}}'
+        return row.body
     if clock.synced and row.boot_id == clock.boot_id:
         # Read before this boot's first clock sync: the boot clock says when it really was.
-        body = json.loads("{" + row.body + "}")
-        body["quality"].append("clock_corrected")
-        wall = clock.wall - (clock.mono - row.mono)
-        return json.dumps({"seq": row.seq, "ts": format_ts(wall), **body}, separators=(",", ":"))
-    return f'{{"seq":{row.seq},"ts":"{format_ts(row.wall)}",{row.body},"clock":"unsynced"}}'
+        reading = json.loads(row.body)
+        reading["ts"] = format_ts(clock.wall - (clock.mono - row.mono))
+        reading["quality"].append("clock_corrected")
+        return json.dumps(reading, separators=(",", ":"))
+    return row.body[:-1] + ',"clock":"unsynced"}'
 
 
 def batch_payload(node: str, sensor: str, units_json: str, backfill: bool, readings: Sequence[str]) -> bytes:
@@ -36,22 +36,28 @@ def batch_payload(node: str, sensor: str, units_json: str, backfill: bool, readi
     return f'{head},"units":{units_json},"backfill":{flag},"readings":[{",".join(readings)}]}}'.encode()
 
 
-def split_batches(
+def group_batches(
     rows: Sequence[StoredReading], clock: ClockView, batch_max: int
-) -> Iterator[tuple[str, list[StoredReading], list[str]]]:
-    """Consecutive rows of one sensor, at most `batch_max` readings and about 64 KiB a message."""
-    i = 0
-    while i < len(rows):
-        sensor = rows[i].sensor
+) -> list[tuple[list[StoredReading], list[str]]]:
+    """The rows as messages: per sensor, oldest first, at most `batch_max` readings and about
+    64 KiB each; the messages ordered by their first seq. A node's sensors interleave in the
+    buffer, so grouping by sensor (not by runs of one sensor) is what makes batches full."""
+    per_sensor: dict[str, list[StoredReading]] = {}
+    for row in rows:
+        per_sensor.setdefault(row.sensor, []).append(row)
+    batches = []
+    for sensor_rows in per_sensor.values():
         taken: list[StoredReading] = []
         texts: list[str] = []
         size = 256
-        while i < len(rows) and rows[i].sensor == sensor and len(taken) < batch_max:
-            text = reading_json(rows[i], clock)
-            if taken and size + len(text) + 1 > MAX_PAYLOAD_BYTES:
-                break
-            taken.append(rows[i])
+        for row in sensor_rows:
+            text = reading_json(row, clock)
+            if taken and (len(taken) >= batch_max or size + len(text) + 1 > MAX_PAYLOAD_BYTES):
+                batches.append((taken, texts))
+                taken, texts, size = [], [], 256
+            taken.append(row)
             texts.append(text)
             size += len(text) + 1
-            i += 1
-        yield sensor, taken, texts
+        batches.append((taken, texts))
+    batches.sort(key=lambda batch: batch[0][0].seq)
+    return batches

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .clock import format_ts
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS readings (
     mono    REAL    NOT NULL,     -- CLOCK_BOOTTIME when read, to correct `wall` after a clock sync
     boot_id TEXT    NOT NULL,
     synced  INTEGER NOT NULL,     -- was the wall clock synchronised when read
-    body    TEXT    NOT NULL      -- '"values":{..},"quality":[..]' (,"meta":{..}): spliced into the payload
+    body    TEXT    NOT NULL      -- the reading as sent: '{"seq":..,"ts":..,"values":{..},"quality":[..]}'
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
@@ -80,11 +82,15 @@ class StoredReading:
     body: str
 
 
-def encode_body(values: Mapping[str, float], quality: Iterable[str], meta: Mapping | None = None) -> str:
-    body: dict = {"values": values, "quality": list(quality)}
+def encode_body(
+    seq: int, wall: float, values: Mapping[str, float], quality: Iterable[str], meta: Mapping | None = None
+) -> str:
+    """The reading's JSON as it goes on the wire, rendered once, when it is stored: a backlog is
+    then sent by joining stored texts, with no per-reading work on the hot path."""
+    body: dict = {"seq": seq, "ts": format_ts(wall), "values": values, "quality": list(quality)}
     if meta:
         body["meta"] = meta
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)[1:-1]
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 class Store:
@@ -253,7 +259,7 @@ class Store:
         added = 0
         seq = self._next_seq
         for r in readings:
-            body = encode_body(r.values, r.quality, r.meta)
+            body = encode_body(seq, r.wall, r.values, r.quality, r.meta)
             rows.append((seq, r.sensor, r.wall, r.mono, r.boot_id, int(r.synced), body))
             added += len(body) + len(r.sensor) + ROW_OVERHEAD
             seq += 1
