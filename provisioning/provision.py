@@ -426,13 +426,16 @@ def _confirm_identity(plan: Plan, existing: dict[str, Any] | None, ask: Callable
     )
 
 
-def _pause_service(plan: Plan, show: Callable[[str], None]) -> None:
-    """On hardware, a running service holds the pins and ports detect and selftest need."""
+def _pause_service(plan: Plan, show: Callable[[str], None]) -> bool:
+    """On hardware, a running service holds the pins and ports detect and selftest need:
+    stop it (the install step starts it again). Returns whether it was stopped."""
     if plan.root is not None or plan.simulate or not systemd_running():
-        return
-    if service_state() == "active":
-        systemctl("stop", SERVICE)
-        show(f"{SERVICE} stopped for the sensor checks; the install step starts it again")
+        return False
+    if service_state() != "active":
+        return False
+    systemctl("stop", SERVICE)
+    show(f"{SERVICE} stopped for the sensor checks; the install step starts it again")
+    return True
 
 
 def _call(report: Report, name: str, step: Callable[[], Any], default: Any = None) -> Any:
@@ -467,7 +470,7 @@ def provision(
     report = Report(node=plan.node_id, config_hash="", show=show)
     where = f" under {plan.root}" if plan.root is not None else ""
     show(f"provisioning node {plan.node_id}{where}" + (" (simulated sensors)" if plan.simulate else ""))
-    _pause_service(plan, show)
+    paused = _pause_service(plan, show)
 
     def detect() -> dict[str, dict]:
         from .detect import detect
@@ -490,6 +493,9 @@ def provision(
     if config is None:
         for name in ("selftest", "broker", "install"):
             report.add(Check(name, "FAIL", "skipped: no valid config"))
+        if paused:  # no new config: the node goes back to what it was doing
+            systemctl("start", SERVICE)
+            show(f"{SERVICE} started again")
     else:
         _call(report, "selftest", selftest)
         _call(report, "broker", check_broker)

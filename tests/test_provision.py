@@ -258,3 +258,78 @@ def test_bad_arguments_through_the_command_line(tmp_path):
         result.stderr.strip()
         == "edge-node provision: --node-id: must match ^[a-z0-9][a-z0-9-]{0,31}$ (got 'Bad_Node')"
     )
+
+
+HARDWARE_CONFIG = """
+[node]
+id = "trs-0042"
+[broker]
+url = "mqtt://127.0.0.1:1883"
+[sensors.bme280]
+driver = "bme280"
+bus = "i2c:3"
+[sensors.sds011]
+driver = "sds011"
+port = "spy:///dev/ttyUSB0"
+[sensors.rain]
+driver = "rain_gauge"
+pin = 6
+[sensors.wind]
+driver = "anemometer"
+pin = 5
+[sensors.host]
+driver = "pi_health"
+"""
+
+
+def test_install_allows_exactly_the_configured_devices(tmp_path, capsys):
+    """`edge-node install --root`: the unit verifies, runs this edge-node on this config, and
+    opens only the configured devices; a second install changes nothing."""
+    etc = tmp_path / "root/etc/edge-node"
+    etc.mkdir(parents=True)
+    (etc / "config.toml").write_text(HARDWARE_CONFIG)
+    argv = ["install", "-c", "/etc/edge-node/config.toml", "--root", str(tmp_path / "root"), "--json"]
+
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in report["checks"]] == list(INSTALL)
+    unit = (tmp_path / "root/etc/systemd/system/edge-node.service").read_text()
+    allowed = [line for line in unit.splitlines() if line.startswith("DeviceAllow=")]
+    assert allowed == [
+        "DeviceAllow=/dev/i2c-3 rw",
+        "DeviceAllow=/dev/ttyUSB0 rw",
+        "DeviceAllow=/dev/gpiochip0 rw",
+    ]
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert (
+        exec_start
+        == f"ExecStart={Path(sys.executable).parent / 'edge-node'} run -c /etc/edge-node/config.toml"
+    )
+    assert "DevicePolicy=closed" in unit and "Type=notify" in unit
+
+    assert main(argv) == 0
+    assert "unchanged" in _checks(json.loads(capsys.readouterr().out))["install.unit"]["detail"]
+
+
+def test_install_fails_on_a_unit_that_systemd_analyze_rejects(tmp_path, capsys, monkeypatch):
+    import provisioning.install
+
+    monkeypatch.setattr(provisioning.install, "edge_node_command", lambda: "/nonexistent/edge-node")
+    etc = tmp_path / "root/etc/edge-node"
+    etc.mkdir(parents=True)
+    (etc / "config.toml").write_text(HARDWARE_CONFIG)
+    assert main(["install", "--root", str(tmp_path / "root")]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] install.unit: systemd-analyze verify:" in out and "/nonexistent/edge-node" in out
+    assert not (tmp_path / "root/etc/systemd/system/edge-node.service").exists()
+
+
+def test_reprovisioning_another_nodes_config_needs_yes(city, tmp_path, capsys):
+    etc = tmp_path / "root/etc/edge-node"
+    etc.mkdir(parents=True)
+    (etc / "config.toml").write_text('[node]\nid = "trs-0043"\n[broker]\nurl = "mqtt://localhost"\n')
+    assert main(_argv(city, tmp_path)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "belongs to node trs-0043; rerun with --yes" in line
+    assert (etc / "config.toml").read_text().count("trs-0043") == 1  # untouched
+    assert not (etc / "secret").exists()
