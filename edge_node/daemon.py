@@ -270,7 +270,8 @@ class Daemon:
         interval = self.config.buffer.sync_interval_s
         while True:
             await asyncio.sleep(interval)
-            self.forwarder.flush_acks()
+            if not self.store.appended_since_sync:  # else the acks went with the readings' commits
+                self.forwarder.flush_acks()
             await asyncio.to_thread(self.store.sync)
 
     # -- the technician's view (`edge-node status`) ---------------------------------------------

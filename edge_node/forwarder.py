@@ -26,7 +26,7 @@ from .store import Store, StoredReading
 
 log = logging.getLogger(__name__)
 
-ACK_FLUSH_ROWS = 2000  # delete acknowledged rows at least this often, besides every sync tick
+ACK_FLUSH_ROWS = 2000  # acknowledged rows go with the next commit; on their own past this many
 IDLE_TICK_S = 1.0  # the pump proves it is alive at least this often
 STOP_DRAIN_S = 3.0  # at shutdown, how long in-flight messages may take to be acknowledged
 RECONNECT_BASE_S = 0.5
@@ -89,7 +89,6 @@ class Forwarder:
         self.last_publish: float | None = None
         self.new_data = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._acked: list[int] = []
         self._boot_id = boot_id()
 
     # -- the daemon's handles -----------------------------------------------------------------
@@ -99,10 +98,8 @@ class Forwarder:
         self.new_data.set()
 
     def flush_acks(self) -> None:
-        """Delete acknowledged rows; until then a restart would send them again (harmless)."""
-        if self._acked:
-            acked, self._acked = self._acked, []
-            self.store.delete(acked)
+        """Delete acknowledged rows now; until then a restart would send them again (harmless)."""
+        self.store.flush_acked()
 
     # -- connection loop ----------------------------------------------------------------------
 
@@ -239,10 +236,10 @@ class Forwarder:
             await client.publish(f"{self.root}/reading/{sensor}", payload, qos=1)
         finally:
             window.release()
-        self._acked.extend(r.seq for r in rows)
+        self.store.ack(r.seq for r in rows)
         self.seq_sent = max(self.seq_sent, rows[-1].seq)
         self.last_publish = time.time()
-        if len(self._acked) >= ACK_FLUSH_ROWS:
+        if self.store.acked_waiting >= ACK_FLUSH_ROWS:
             self.flush_acks()
 
     def _clock_view(self) -> ClockView:
@@ -252,7 +249,6 @@ class Forwarder:
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
-            self.flush_acks()  # so that `backlog` counts only what still awaits a PUBACK
             payload = self.health.heartbeat(
                 seq_sent=self.seq_sent,
                 backlog=self.store.backlog,

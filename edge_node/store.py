@@ -107,6 +107,8 @@ class Store:
         self._dropped = 0
         self._units: dict[str, str] = {}
         self._reserved = 0
+        self._acked: set[int] = set()
+        self.appended_since_sync = False
         self.moved_aside: Path | None = None
         self.last_sync = time.monotonic()
 
@@ -210,6 +212,7 @@ class Store:
 
     def close(self) -> None:
         if self._db is not None:
+            self.flush_acked()
             self.sync()
             self._db.close()
             self._db = None
@@ -221,7 +224,8 @@ class Store:
 
     @property
     def backlog(self) -> int:
-        return self._rows
+        """Rows that still await their PUBACK."""
+        return max(0, self._rows - len(self._acked))
 
     @property
     def dropped(self) -> int:
@@ -233,8 +237,10 @@ class Store:
         return self._next_seq
 
     def oldest_unsent_wall(self) -> float | None:
-        row = self._conn.execute("SELECT wall FROM readings ORDER BY seq LIMIT 1").fetchone()
-        return row[0] if row else None
+        cur = self._conn.execute(
+            "SELECT seq, wall FROM readings ORDER BY seq LIMIT ?", (len(self._acked) + 1,)
+        )
+        return next((wall for seq, wall in cur if seq not in self._acked), None)
 
     def units_json(self, sensor: str) -> str:
         return self._units.get(sensor, "{}")
@@ -265,14 +271,20 @@ class Store:
             seq += 1
         self._reserve(seq)
         db = self._conn
+        acked = sorted(self._acked)
         try:
             db.execute("BEGIN")
             db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            gone, gone_bytes = self._delete_rows(db, acked)  # same pages, same commit: one WAL frame
             db.execute("COMMIT")
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"{self.path}: cannot store readings: {err}") from err
+        self._acked.difference_update(acked)
+        self._rows -= gone
+        self._bytes -= gone_bytes
+        self.appended_since_sync = True
         self._next_seq = seq
         self._rows += len(rows)
         self._bytes += added
@@ -323,15 +335,34 @@ class Store:
                 (dropped,),
             )
 
-    def delete(self, seqs: Iterable[int]) -> int:
-        """Forget rows whose PUBACK arrived. Returns how many rows went."""
-        seqs = sorted(set(seqs))
-        if not seqs:
+    def ack(self, seqs: Iterable[int]) -> None:
+        """The broker acknowledged these rows: they go with the next commit (or `flush_acked`)."""
+        self._acked.update(seqs)
+
+    @property
+    def acked_waiting(self) -> int:
+        return len(self._acked)
+
+    def flush_acked(self) -> int:
+        """Delete the acknowledged rows now, in a transaction of their own. Returns how many went."""
+        acked = sorted(self._acked)
+        if not acked:
             return 0
         db = self._conn
         db.execute("BEGIN")
-        data = 0
-        count = 0
+        count, freed = self._delete_rows(db, acked)
+        top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
+        if top is None or top < acked[-1]:  # the table no longer shows the highest seq used
+            self._bump_meta(db, seq_hwm=acked[-1])
+        db.execute("COMMIT")
+        self._acked.difference_update(acked)
+        self._rows -= count
+        self._bytes -= freed
+        return count
+
+    @staticmethod
+    def _delete_rows(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
+        count = data = 0
         for i in range(0, len(seqs), 500):
             chunk = seqs[i : i + 500]
             marks = ",".join("?" * len(chunk))
@@ -343,14 +374,11 @@ class Store:
             db.execute(f"DELETE FROM readings WHERE seq IN ({marks})", chunk)
             count += got[0]
             data += got[1]
-        self._bump_meta(db, seq_hwm=seqs[-1])
-        db.execute("COMMIT")
-        self._rows -= count
-        self._bytes -= data + count * ROW_OVERHEAD
-        return count
+        return count, data + count * ROW_OVERHEAD  # rows, and the bytes they counted for
 
     def sync(self) -> None:
         """Make every commit so far survive a power cut (see module docstring). Thread-safe."""
+        self.appended_since_sync = False
         if self._wal_fd is not None:
             os.fsync(self._wal_fd)
         self.last_sync = time.monotonic()

@@ -46,7 +46,8 @@ def test_seq_is_node_wide_and_starts_at_1(open_store):
 def test_seq_is_never_reused_after_delete_and_reopen(open_store):
     store = open_store()
     store.append([reading() for _ in range(5)])
-    store.delete([1, 2, 3, 4, 5])
+    store.ack([1, 2, 3, 4, 5])
+    store.flush_acked()
     store.close()
     store = open_store()
     assert store.backlog == 0
@@ -56,7 +57,8 @@ def test_seq_is_never_reused_after_delete_and_reopen(open_store):
 def test_rows_leave_only_when_deleted_and_survive_reopen(open_store):
     store = open_store()
     store.append([reading(value=v) for v in (1.0, 2.0, 3.0)])
-    assert store.delete([2]) == 1
+    store.ack([2])
+    assert store.flush_acked() == 1
     store.close()
     store = open_store()
     assert [r.seq for r in store.fetch(0)] == [1, 3]
@@ -161,3 +163,24 @@ def test_an_unreadable_directory_is_an_error_not_a_move(tmp_path):
     (tmp_path / "missing-dir-is-a-file").write_text("")
     with pytest.raises(OSError):
         store.open()
+
+
+def test_acknowledged_rows_leave_with_the_next_commit(open_store):
+    store = open_store()
+    store.append([reading() for _ in range(3)])
+    store.ack([1, 2])
+    assert store.backlog == 1, "acknowledged rows no longer count as waiting"
+    assert store.oldest_unsent_wall() == store.fetch(2)[0].wall
+    store.append([reading()])
+    assert [r.seq for r in store.fetch(0)] == [3, 4]
+    assert store.acked_waiting == 0
+
+
+def test_acked_rows_are_deleted_at_close_and_the_seq_survives_an_empty_buffer(open_store):
+    store = open_store()
+    store.append([reading() for _ in range(3)])
+    store.ack([1, 2, 3])
+    store.close()
+    store = open_store()
+    assert store.backlog == 0 and store.fetch(0) == []
+    assert store.append([reading()]) == [4]
