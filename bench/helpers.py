@@ -1,0 +1,412 @@
+"""Small helpers for the benchmark: node configs, the real daemon as a subprocess, a subscriber, /proc."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from calendar import timegm
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from edge_node.clock import boot_id, boottime
+from edge_node.payloads import ClockView, batch_payload, reading_json
+from edge_node.store import NewReading, Store
+
+PREFIX = "city/terrassa/nodes"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BME_UNITS = {"temperature": "Cel", "humidity": "%RH", "pressure": "hPa"}
+HOST_UNITS = {"cpu_temp_c": "Cel", "load1": "1", "mem_available_mb": "MB", "disk_free_mb": "MB"}
+
+
+def fs_of(path: str | os.PathLike) -> str:
+    """'fstype on mountpoint (source)' for the mount that holds `path`."""
+    path, best = os.path.realpath(path), ("?", "", "?")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, right = line.split(" - ", 1)
+        mount = left.split()[4]
+        fstype, source = right.split()[:2]
+        if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[1]):
+            best = (fstype, mount, source)
+    return f"{best[0]} on {best[1]} ({best[2]})"
+
+
+# -- node configs -------------------------------------------------------------------------------
+
+
+def bme280(name: str, interval_s: float) -> str:
+    return f'[sensors.{name}]\ndriver = "bme280"\nbus = "sim"\ninterval_s = {interval_s}\n'
+
+
+def pi_health(name: str, interval_s: float) -> str:
+    return f'[sensors.{name}]\ndriver = "pi_health"\nroot = "sim"\ninterval_s = {interval_s}\n'
+
+
+def write_config(
+    workdir: Path,
+    url: str,
+    sensors: list[str],
+    *,
+    node_id: str = "trs-bench",
+    sync_interval_s: float = 10,
+    backfill_rate: float = 500,
+    reconnect_max_s: float = 30,
+    heartbeat_s: float = 60,
+) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.toml"
+    path.write_text(
+        f'[node]\nid = "{node_id}"\nsite = "bench"\n\n'
+        f'[broker]\nurl = "{url}"\n\n'
+        f'[buffer]\npath = "{workdir / "buffer.db"}"\nsync_interval_s = {sync_interval_s}\n\n'
+        f"[forward]\nbackfill_rate = {backfill_rate}\nreconnect_max_s = {reconnect_max_s}\n\n"
+        f"[health]\nheartbeat_s = {heartbeat_s}\n\n[simulation]\nseed = 7\n\n" + "\n".join(sensors)
+    )
+    return path
+
+
+# -- the daemon -----------------------------------------------------------------------------------
+
+
+class Daemon:
+    """`python -m edge_node run -c CONFIG` with $NOTIFY_SOCKET bound here.
+
+    Its log, its simulators' scratch files and its RUNTIME_DIRECTORY (status.json) go to
+    `scratch` (tmpfs), so that the daemon's `write_bytes` counts the buffer alone, as on a Pi
+    under the shipped unit (log to journald, RuntimeDirectory= in /run).
+    """
+
+    def __init__(self, config: Path, scratch: Path):
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.notify_path = scratch / "notify.sock"
+        self.notify_path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.notify_path))
+        self.ready_at: float | None = None
+        self._ready = threading.Event()
+        self.log_path = scratch / "daemon.log"
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "TMPDIR": str(scratch)}
+        env["RUNTIME_DIRECTORY"] = str(scratch)
+        with open(self.log_path, "wb") as log:
+            self.spawned_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_node", "run", "-c", str(config)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+            )
+        self.pid = self.proc.pid
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if b"READY=1" in data.split(b"\n") and self.ready_at is None:
+                self.ready_at = time.monotonic()
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Seconds from spawn to READY=1."""
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"daemon sent no READY=1 within {timeout}s; log:\n{self.log_tail()}")
+        return self.ready_at - self.spawned_at
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+
+    def status_kb(self, key: str) -> int:
+        return proc_status_kb(self.pid, key)
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.pid)
+
+    def write_bytes(self) -> int:
+        return proc_io(self.pid)["write_bytes"]
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.sock.close()
+        self.notify_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def proc_io(pid: int) -> dict[str, int]:
+    return {
+        k: int(v) for k, v in (line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    }
+
+
+# -- the subscriber -------------------------------------------------------------------------------
+
+SEQ_RE = re.compile(rb'"seq":(\d+)')
+TS_RE = re.compile(rb'"seq":(\d+),"ts":"([0-9T:.Z-]+)"')
+
+
+_ids = itertools.count()
+
+
+class Subscriber:
+    """Records every reading message of `node` at the broker, with its wall-clock arrival time.
+
+    QoS 0, so that the bench's own acknowledgements cost nothing (the broker never drops QoS 0
+    to an online client here: max_queued_messages/max_inflight_messages are unlimited); whether
+    anything was missed is checked from the seqs. `connect()` retries every 2 ms, so it can
+    be started before the broker and catch it the moment it listens.
+    """
+
+    def __init__(self, port: int, node: str = "trs-bench"):
+        self.port = port
+        self.topic = f"{PREFIX}/{node}/reading/#"
+        self.messages: list[tuple[float, bytes]] = []  # (arrival wall time, payload)
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}-{next(_ids)}"
+        )
+        self.client.on_connect = lambda c, *a: c.subscribe(self.topic, qos=0)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append((time.time(), m.payload))
+        self._stop = threading.Event()
+
+    def connect(self, timeout: float = 30) -> Subscriber:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            try:
+                # A long keepalive: this client never sends, so paho pings every `keepalive` s, and
+                # each ping stalled the readings arriving with it by ~40 ms (seen as a p99 outlier).
+                self.client.connect("127.0.0.1", self.port, keepalive=900)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
+        self.client.loop_start()
+        return self
+
+    def connect_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.connect, daemon=True)
+        thread.start()
+        return thread
+
+    def wait_subscribed(self, timeout: float = 10) -> None:
+        if not self.subscribed.wait(timeout):
+            raise RuntimeError("bench subscriber did not get its SUBACK")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SeqTracker:
+    """Follows arriving seqs: when the whole backlog 1..`last` has arrived, and any live ones missed."""
+
+    def __init__(self, sub: Subscriber, last: int):
+        self.sub, self.last = sub, last
+        self.seen = bytearray(last + 1)
+        self.missing = last
+        self.first_at: float | None = None  # arrival of the first reading, backlog or live
+        self.done_at: float | None = None  # arrival of the last backlog reading still missing
+        self.live: set[int] = set()
+        self._i = 0
+
+    def poll(self) -> bool:
+        """Take in what arrived since the last call; True once the whole backlog has."""
+        msgs = self.sub.messages
+        n = len(msgs)
+        for t, payload in msgs[self._i : n]:
+            if self.first_at is None:
+                self.first_at = t
+            for raw in SEQ_RE.findall(payload):
+                seq = int(raw)
+                if seq > self.last:
+                    self.live.add(seq)
+                elif not self.seen[seq]:
+                    self.seen[seq] = 1
+                    self.missing -= 1
+                    if self.missing == 0:
+                        self.done_at = t
+        self._i = n
+        return self.missing == 0
+
+    @property
+    def delivered(self) -> int:
+        return self.last - self.missing
+
+    @property
+    def live_missed(self) -> int:
+        """Live readings that never arrived (e.g. sent before the subscription took)."""
+        return (max(self.live) - self.last - len(self.live)) if self.live else 0
+
+
+def ts_epoch(ts: bytes) -> float:
+    """'2024-05-01T10:00:00.123Z' -> seconds since the epoch."""
+    return timegm(time.strptime(ts[:19].decode(), "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+
+
+def latencies_ms(messages: list[tuple[float, bytes]], after: float) -> list[float]:
+    """Arrival minus `ts` of each live reading that arrived after wall time `after`."""
+    out = []
+    for t, payload in messages:
+        if t >= after and b'"backfill":false' in payload:
+            out.extend((t - ts_epoch(ts)) * 1000 for _, ts in TS_RE.findall(payload))
+    return out
+
+
+def max_seq(db_path: Path) -> int:
+    """The buffer's highest seq, read (read-only) from the daemon's live buffer file."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchone()[0]
+    finally:
+        db.close()
+
+
+# -- a backlog ----------------------------------------------------------------------------------------
+
+
+def fake_readings(
+    start: int, stop: int, n: int, seed: int, *, interleaved: bool = True, period_s: float = 5.0
+) -> list[NewReading]:
+    """Readings `start`..`stop` of `n`, oldest first: two sensors interleaved (bme280, host, bme280, ...)
+    as a node with both sampling stores them, or (`interleaved=False`) the bme280 alone."""
+    rng = random.Random(seed * 1_000_003 + start)
+    now, mono = time.time(), boottime()
+    boot = boot_id()
+    out = []
+    for i in range(start, stop):
+        age = (n - i) * period_s / 2
+        if i % 2 == 0 or not interleaved:
+            name = "bme280"
+            values = {
+                "temperature": round(rng.uniform(5, 35), 2),
+                "humidity": round(rng.uniform(20, 95), 1),
+                "pressure": round(rng.uniform(990, 1030), 2),
+            }
+        else:
+            name = "host"
+            values = {
+                "cpu_temp_c": round(rng.uniform(40, 70), 1),
+                "load1": round(rng.uniform(0, 2), 2),
+                "mem_available_mb": float(rng.randint(2000, 3500)),
+                "disk_free_mb": float(rng.randint(20000, 21000)),
+            }
+        out.append(NewReading(name, values, (), now - age, mono - age, boot, True))
+    return out
+
+
+def prefill(db_path: Path, n: int, *, seed: int = 1, interleaved: bool = True, chunk: int = 10_000) -> None:
+    """Fill a buffer with `n` readings through the project's own Store, as a node offline for a while."""
+    store = Store(db_path, max_rows=10_000_000, max_bytes=10**10, sync_interval_s=10)
+    store.open()
+    try:
+        store.set_units("bme280", BME_UNITS)
+        store.set_units("host", HOST_UNITS)
+        for start in range(0, n, chunk):
+            store.append(fake_readings(start, min(start + chunk, n), n, seed, interleaved=interleaved))
+    finally:
+        store.close()
+
+
+def baseline_messages(db_path: Path, node: str, batch: int) -> list[tuple[str, bytes]]:
+    """The buffer's rows as the forwarder would publish them in batches of up to `batch` readings of one
+    sensor (the project's own payload code, so the bytes are the same), oldest batch first."""
+    store = Store(db_path, max_rows=10_000_000, max_bytes=10**10, sync_interval_s=10)
+    store.open()
+    try:
+        rows = store.fetch(0, limit=10**9)
+        clock = ClockView(boot_id(), True, time.time(), boottime())
+        runs: dict[str, list] = {}
+        batches = []
+        for row in rows:
+            run = runs.setdefault(row.sensor, [])
+            run.append(row)
+            if len(run) == batch:
+                batches.append(run)
+                runs[row.sensor] = []
+        batches.extend(run for run in runs.values() if run)
+        batches.sort(key=lambda run: run[0].seq)
+        root = f"{PREFIX}/{node}"
+        return [
+            (
+                f"{root}/reading/{run[0].sensor}",
+                batch_payload(
+                    node,
+                    run[0].sensor,
+                    store.units_json(run[0].sensor),
+                    True,
+                    [reading_json(r, clock) for r in run],
+                ),
+            )
+            for run in batches
+        ]
+    finally:
+        store.close()
+
+
+def sensor_read_ms(config_path: Path, reads: int = 300) -> float:
+    """CPU ms of one `read()` of the config's first sensor (driver + simulator), in this thread."""
+    from edge_node.config import load_config
+    from edge_node.sensors import Simulation, build_drivers
+
+    config = load_config(config_path)
+    sim = Simulation(config.simulation.seed)
+    try:
+        driver = next(iter(build_drivers(config, sim).values()))
+        driver.open()
+        for _ in range(20):
+            driver.read()
+        t = time.thread_time()
+        for _ in range(reads):
+            driver.read()
+        return 1000 * (time.thread_time() - t) / reads
+    finally:
+        sim.close()
