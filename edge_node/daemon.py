@@ -25,7 +25,7 @@ from drivers import Driver
 
 from .clock import boot_id, boottime, clock_synced, format_ts
 from .config import Config, SensorConfig
-from .forwarder import Forwarder
+from .forwarder import Forwarder, publish_timeout
 from .health import Health
 from .notify import Notifier
 from .quality import NodeAir, refine, units_with_corrections
@@ -39,6 +39,13 @@ QUEUE_SIZE = 1000  # readings between samplers and the store writer
 OVERFLOW_ROWS = 10_000  # readings held in memory while the store cannot be written
 MAX_FAULT_BACKOFF_S = 300.0
 STORE_RETRY_S = 5.0
+
+
+async def _sleep_beating(seconds: float, beat) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        beat()
+        await asyncio.sleep(min(left, 1.0))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -107,7 +114,6 @@ class Daemon:
             for name, driver in drivers.items():
                 self.store.set_units(name, units_with_corrections(driver.units))
                 self.health.sensor(name)
-            publish_timeout = max(10.0, cfg.broker.keepalive_s)
             self.forwarder = Forwarder(
                 node_id=cfg.node.id,
                 topic_root=cfg.topic_root,
@@ -117,7 +123,7 @@ class Daemon:
                 health=self.health,
                 heartbeat_s=cfg.health.heartbeat_s,
                 clock_root=root,
-                beat=self.liveness.register("forwarder", 2 * publish_timeout + 10),
+                beat=self.liveness.register("forwarder", 2 * publish_timeout(cfg.broker) + 10),
                 reconnect_max_s=cfg.forward.reconnect_max_s,
             )
             await self._supervise(stop, drivers, sim, root)
@@ -197,7 +203,7 @@ class Daemon:
                         log.warning("sensor %s: %s", name, message)
                     self.health.fault(name, message)
                     delay = min(MAX_FAULT_BACKOFF_S, interval * 2 ** min(failures - 1, 8))
-                    await asyncio.sleep(max(delay, 1.0))
+                    await _sleep_beating(max(delay, 1.0), beat)  # a long backoff is not a hang
                     next_at = time.monotonic()
                     continue
                 if failures:
@@ -270,9 +276,12 @@ class Daemon:
         interval = self.config.buffer.sync_interval_s
         while True:
             await asyncio.sleep(interval)
-            if not self.store.appended_since_sync:  # else the acks went with the readings' commits
-                self.forwarder.flush_acks()
-            await asyncio.to_thread(self.store.sync)
+            try:
+                if not self.store.appended_since_sync:  # else the acks went with the readings' commits
+                    self.forwarder.flush_acks()
+                await asyncio.to_thread(self.store.sync)
+            except (StoreError, OSError) as err:  # a full or failing card: report, retry next tick
+                log.error("buffer sync: %s", err)
 
     # -- the technician's view (`edge-node status`) ---------------------------------------------
 

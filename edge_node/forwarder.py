@@ -8,6 +8,7 @@ messages in memory and may replay them, but here the store alone decides what is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -22,7 +23,7 @@ from .clock import boot_id, boottime, clock_synced, format_ts
 from .config import BrokerConfig, ForwardConfig
 from .health import Health
 from .payloads import ClockView, batch_payload, group_batches
-from .store import Store, StoredReading
+from .store import Store, StoredReading, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,14 @@ ACK_FLUSH_ROWS = 2000  # acknowledged rows go with the next commit; on their own
 IDLE_TICK_S = 1.0  # the pump proves it is alive at least this often
 STOP_DRAIN_S = 3.0  # at shutdown, how long in-flight messages may take to be acknowledged
 RECONNECT_BASE_S = 0.5
+STABLE_SESSION_S = 30.0  # a session this long resets the reconnect backoff
+MAX_COMMAND_BYTES = 4096
 BACKLOG_FETCH = 10  # backlog rows fetched at a time, in batches: enough for every sensor to fill one
 
 
-class ConnectionLost(Exception):
-    pass
+def publish_timeout(broker: BrokerConfig) -> float:
+    """How long a publish may wait for its PUBACK before the connection is given up."""
+    return max(10.0, broker.keepalive_s)
 
 
 class TokenBucket:
@@ -106,23 +110,37 @@ class Forwarder:
     async def run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 await self._session()
-                attempt = 0
-            except (aiomqtt.MqttError, ConnectionLost, OSError, ssl.SSLError) as err:
-                if self.connected:
-                    log.warning("broker %s: connection lost: %s", self.broker.url, err)
-                    attempt = 0
-                else:
-                    log.warning("broker %s: cannot connect: %s", self.broker.url, err)
+            except* (aiomqtt.MqttError, OSError, ssl.SSLError) as group:
+                self._log_session_end(group.exceptions[0])
+            except* Exception as group:  # a bug must cost a reconnect, never the daemon
+                log.error("broker session failed", exc_info=group.exceptions[0])
             finally:
                 self.connected = False
-                self.flush_acks()
+                self._flush_acks_safely()
             if self._stopping.is_set():
                 break
+            # Back off from the start only after a session that lasted: a broker that accepts and
+            # drops at once (a duplicate client id, a broken ACL) must not be hammered.
+            if time.monotonic() - started > STABLE_SESSION_S:
+                attempt = 0
             delay = random.uniform(0, min(self.reconnect_max_s, RECONNECT_BASE_S * 2**attempt))
             attempt += 1
             await self._sleep(delay)
+
+    def _log_session_end(self, err: BaseException) -> None:
+        if self.connected:
+            log.warning("broker %s: connection lost: %s", self.broker.url, err)
+        else:
+            log.warning("broker %s: cannot connect: %s", self.broker.url, err)
+
+    def _flush_acks_safely(self) -> None:
+        try:
+            self.flush_acks()
+        except StoreError as err:  # the acks stay in memory and go with a later commit
+            log.error("%s", err)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake for a stop, and keep proving liveness to the watchdog meanwhile."""
@@ -153,7 +171,9 @@ class Forwarder:
             keepalive=b.keepalive_s,
             will=aiomqtt.Will(f"{self.root}/status", Health.status_offline("lost"), qos=1, retain=True),
             tls_params=tls,
-            timeout=max(10.0, b.keepalive_s),
+            timeout=publish_timeout(b),
+            max_inflight_messages=self.forward.max_inflight,  # paho's own cap (20) must not be tighter
+            max_queued_incoming_messages=100,  # a flood of commands must not grow memory
         )
         client.pending_calls_threshold = self.forward.max_inflight + 20
         return client
@@ -171,8 +191,14 @@ class Forwarder:
                     await self._pump(client, tg)
                     listener.cancel()
                     heart.cancel()
-            except* aiomqtt.MqttError as group:
-                raise ConnectionLost(group.exceptions[0]) from None
+            except BaseException:
+                # Leaving `async with` sends a clean DISCONNECT, which makes the broker discard the
+                # Last Will: say "lost" ourselves (QoS 0: it does not wait), in case the socket lives.
+                with contextlib.suppress(Exception):
+                    await client.publish(
+                        f"{self.root}/status", Health.status_offline("lost"), qos=0, retain=True
+                    )
+                raise
             await client.publish(f"{self.root}/status", Health.status_offline("shutdown"), qos=1, retain=True)
 
     # -- readings -----------------------------------------------------------------------------
@@ -260,18 +286,28 @@ class Forwarder:
 
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            if message.retain:  # a command left retained would replay at every start: ignore it
+                continue
             name = str(message.topic).rsplit("/", 1)[-1]
-            reply = self._answer(name, message.payload)
+            try:
+                reply = self._answer(name, message.payload)
+            except Exception as err:  # whatever arrives, the node answers and goes on
+                reply = {"ok": False, "error": f"cmd/{name}: {type(err).__name__}"}
             await client.publish(f"{self.root}/cmd/{name}/reply", json.dumps(reply), qos=1)
 
     def _answer(self, name: str, payload) -> dict:
         if payload:
+            if len(payload) > MAX_COMMAND_BYTES:
+                return {"ok": False, "error": f"cmd/{name}: request larger than {MAX_COMMAND_BYTES} bytes"}
             try:
                 request = json.loads(payload)
                 if not isinstance(request, dict):
                     raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as err:
-                return {"ok": False, "error": f"cmd/{name}: malformed request: {err}"}
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                return {
+                    "ok": False,
+                    "error": f"cmd/{name}: malformed request: {type(err).__name__}: {err}"[:200],
+                }
         if name == "ping":
             return {
                 "ok": True,

@@ -211,12 +211,13 @@ def _is_simulated(cfg: SensorConfig) -> bool:
 
 
 class UnavailableDriver:
-    """Stands in for a driver this version does not have: the sensor reports a fault."""
+    """Stands in for a driver that cannot be built (no such driver, no GPIO chip, no lgpio):
+    the sensor reports a fault with the reason, and the node's other sensors go on."""
 
     units: dict[str, str] = {}
 
-    def __init__(self, driver: str):
-        self.message = f"driver {driver!r} is not available in this version of edge-node"
+    def __init__(self, message: str):
+        self.message = message
 
     def open(self) -> None:
         raise DriverError(self.message)
@@ -336,7 +337,14 @@ def build_drivers(config: Config, sim: Simulation) -> dict[str, Driver]:
     drivers: dict[str, Driver] = {}
     for name, cfg in config.sensors.items():
         backend = BACKENDS.get(cfg.driver)
-        drivers[name] = backend(cfg, sim, disk_path) if backend else UnavailableDriver(cfg.driver)
+        if backend is None:
+            drivers[name] = UnavailableDriver(f"driver {cfg.driver!r} is not available in this version")
+            continue
+        try:
+            drivers[name] = backend(cfg, sim, disk_path)
+        except Exception as err:
+            log.error("sensor %s: %s: %s", name, type(err).__name__, err)
+            drivers[name] = UnavailableDriver(f"{type(err).__name__}: {err}")
     return drivers
 
 

@@ -16,6 +16,7 @@ small commit appends one small WAL frame rather than a 4 KiB one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .clock import format_ts
+from .clock import boot_id, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,24 @@ class Store:
             self.moved_aside = self._move_aside()
             log.error("%s; moved aside to %s, starting a new buffer", err, self.moved_aside)
             fresh = self._open_db()
-        reserved = self._read_reservation()
-        if fresh and reserved > self._next_seq:
-            # The buffer was lost: seqs below `reserved` may have been sent, so never reuse them.
-            log.warning("new buffer continues the node's seq at %d", reserved)
+        reservation = self._read_reservation()
+        reserved = reservation.get("reserved", 0)
+        # After a clean stop, or a crash of this process only (the page cache kept every commit),
+        # the buffer knows the last seq used. After a lost buffer, or an unclean stop in an
+        # earlier boot (a power cut may have taken commits whose readings were already sent),
+        # it may not: continue above everything reserved, never reusing a seq.
+        power_lost = not reservation.get("clean", True) and reservation.get("boot_id") != boot_id()
+        if (fresh or power_lost) and reserved > self._next_seq:
+            log.warning(
+                "continuing the node's seq at %d (%s)",
+                reserved,
+                "new buffer" if fresh else "unclean stop in an earlier boot",
+            )
             self._next_seq = reserved
-        self._reserve(self._next_seq)
+        try:
+            self._reserve(self._next_seq, force=True)
+        except OSError as err:  # e.g. a full disk: appends will retry, and fail as StoreError
+            log.error("%s: cannot write: %s", self._reservation_path, err)
         self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         log.info(
             "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
@@ -190,31 +203,43 @@ class Store:
     def _reservation_path(self) -> Path:
         return self.path.with_name(self.path.name + ".seq")
 
-    def _read_reservation(self) -> int:
+    def _read_reservation(self) -> dict:
         try:
-            return int(self._reservation_path.read_text().strip() or 0)
+            text = self._reservation_path.read_text().strip()
         except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as err:
+            return {}
+        except OSError as err:
             log.warning("%s: unreadable (%s); relying on the buffer alone", self._reservation_path, err)
-            return 0
+            return {}
+        try:
+            data = json.loads(text)
+            return data if isinstance(data, dict) else {"reserved": int(data)}
+        except ValueError as err:
+            log.warning("%s: unreadable (%s); relying on the buffer alone", self._reservation_path, err)
+            return {}
 
-    def _reserve(self, upto: int) -> None:
-        if upto < self._reserved:
+    def _reserve(self, upto: int, *, force: bool = False, clean: bool = False) -> None:
+        """Record, durably, that seqs below `reserved` may be in use; `clean` at a clean stop."""
+        if upto < self._reserved and not force:
             return
-        self._reserved = upto + SEQ_BLOCK
+        reserved = upto if clean else upto + SEQ_BLOCK
+        record = {"reserved": reserved, "boot_id": boot_id(), "clean": clean}
         tmp = self._reservation_path.with_suffix(".seq.tmp")
         with open(tmp, "w") as f:
-            f.write(f"{self._reserved}\n")
+            f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._reservation_path)
+        self._reserved = reserved
 
     def close(self) -> None:
         if self._db is not None:
-            self.flush_acked()
+            with contextlib.suppress(StoreError):
+                self.flush_acked()
             self.sync()
             self._db.close()
+            with contextlib.suppress(OSError):
+                self._reserve(self._next_seq, force=True, clean=True)
             self._db = None
         if self._wal_fd is not None:
             os.close(self._wal_fd)
@@ -269,15 +294,15 @@ class Store:
             rows.append((seq, r.sensor, r.wall, r.mono, r.boot_id, int(r.synced), body))
             added += len(body) + len(r.sensor) + ROW_OVERHEAD
             seq += 1
-        self._reserve(seq)
         db = self._conn
         acked = sorted(self._acked)
         try:
+            self._reserve(seq)
             db.execute("BEGIN")
             db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             gone, gone_bytes = self._delete_rows(db, acked)  # same pages, same commit: one WAL frame
             db.execute("COMMIT")
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"{self.path}: cannot store readings: {err}") from err
@@ -293,6 +318,11 @@ class Store:
         return [row[0] for row in rows]
 
     def _drop_oldest(self) -> None:
+        """Make room, oldest unsent first. Never raises: the readings just appended are committed."""
+        try:
+            self.flush_acked()  # what was delivered goes first, and is not counted as dropped
+        except StoreError as err:
+            log.error("%s", err)
         excess_rows = max(0, self._rows - self.max_rows)
         if self._bytes > self.max_bytes and self._rows:
             mean = self._bytes / self._rows
@@ -301,16 +331,21 @@ class Store:
         if not excess_rows:
             return
         db = self._conn
-        db.execute("BEGIN")
-        victims = db.execute(
-            "SELECT max(seq), count(*), sum(length(body) + length(sensor)) FROM "
-            "(SELECT seq, body, sensor FROM readings ORDER BY seq LIMIT ?)",
-            (excess_rows,),
-        ).fetchone()
-        top, count, data = victims
-        db.execute("DELETE FROM readings WHERE seq <= ?", (top,))
-        self._bump_meta(db, seq_hwm=top, dropped=count)
-        db.execute("COMMIT")
+        try:
+            db.execute("BEGIN")
+            top, count, data = db.execute(
+                "SELECT max(seq), count(*), sum(length(body) + length(sensor)) FROM "
+                "(SELECT seq, body, sensor FROM readings ORDER BY seq LIMIT ?)",
+                (excess_rows,),
+            ).fetchone()
+            db.execute("DELETE FROM readings WHERE seq <= ?", (top,))
+            self._bump_meta(db, seq_hwm=top, dropped=count)
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.error("%s: buffer full, and dropping the oldest failed: %s", self.path, err)
+            return
         self._rows -= count
         self._bytes -= data + count * ROW_OVERHEAD
         self._dropped += count
@@ -349,12 +384,17 @@ class Store:
         if not acked:
             return 0
         db = self._conn
-        db.execute("BEGIN")
-        count, freed = self._delete_rows(db, acked)
-        top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
-        if top is None or top < acked[-1]:  # the table no longer shows the highest seq used
-            self._bump_meta(db, seq_hwm=acked[-1])
-        db.execute("COMMIT")
+        try:
+            db.execute("BEGIN")
+            count, freed = self._delete_rows(db, acked)
+            top = db.execute("SELECT max(seq) FROM readings").fetchone()[0]
+            if top is None or top < acked[-1]:  # the table no longer shows the highest seq used
+                self._bump_meta(db, seq_hwm=acked[-1])
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: cannot delete acknowledged readings: {err}") from err
         self._acked.difference_update(acked)
         self._rows -= count
         self._bytes -= freed

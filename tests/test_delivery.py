@@ -77,6 +77,10 @@ def test_heartbeat_reports_sensors_backlog_and_host(tmp_path, broker, recorder_f
 
 def test_commands_get_replies_and_garbage_never_crashes(tmp_path, broker, recorder_factory, daemons):
     rec = recorder_factory(broker.port)
+    # A command someone left retained would replay at every start: it must be ignored.
+    publish.single(
+        f"{ROOT}/cmd/ping", b"[" * 3000, qos=1, retain=True, hostname="127.0.0.1", port=broker.port
+    )
     proc = start_daemon(write_config(tmp_path, broker.url))
     daemons.append(proc)
     rec.wait_for(lambda: rec.payloads("/heartbeat"), what="daemon up")
@@ -85,14 +89,17 @@ def test_commands_get_replies_and_garbage_never_crashes(tmp_path, broker, record
         ("cmd/reboot", b"{}"),
         ("cmd/ping", b"\xff\xfe not json"),
         ("cmd/ping", b"[1, 2]"),
+        ("cmd/ping", b"[" * 3000),  # deep enough to blow the JSON parser's recursion
+        ("cmd/ping", b"{" * 200_000),
     ]:
         publish.single(f"{ROOT}/{topic}", payload, qos=1, hostname="127.0.0.1", port=broker.port)
-    rec.wait_for(lambda: len(rec.payloads("/reply")) >= 4, what="four replies")
+    rec.wait_for(lambda: len(rec.payloads("/reply")) >= 6, what="six replies")
     replies = rec.payloads("/reply")
+    assert len(replies) == 6, "the retained command got no reply"
     assert replies[0]["ok"] is True and replies[0]["node"] == "trs-test"
     assert not replies[1]["ok"] and "unknown command" in replies[1]["error"]
     assert not replies[2]["ok"] and "malformed" in replies[2]["error"]
-    assert not replies[3]["ok"]
+    assert not any(r["ok"] for r in replies[3:])
     seq = max(rec.seqs())
     rec.wait_seq(seq + 2)  # still sampling and sending
     assert proc.poll() is None

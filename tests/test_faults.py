@@ -3,8 +3,11 @@ by itself when the fault clears, all without a restart (issue 4)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+
+import pytest
 
 from .conftest import by_sensor, start_daemon, write_config
 
@@ -57,3 +60,26 @@ def test_an_unknown_scheduled_fault_is_a_config_error(tmp_path, broker):
         f"{config}: simulation.faults.0.fault: "
         "unknown fault 'gremlins' for bme280 (known: fog, nack, stuck, wrong_chip)"
     )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lgpio") is not None, reason="needs a machine without lgpio")
+def test_a_sensor_that_cannot_be_built_is_a_fault_not_a_dead_node(
+    tmp_path, broker, recorder_factory, daemons
+):
+    """lgpio missing (or no GPIO chip): the rain gauge reports why; the other sensors go on."""
+    rec = recorder_factory(broker.port)
+    config = write_config(tmp_path, broker.url)
+    config.write_text(
+        config.read_text() + '[sensors.rain]\ndriver = "rain_gauge"\npin = 6\npin_factory = "lgpio"\n'
+    )
+    proc = start_daemon(config)
+    daemons.append(proc)
+    rec.wait_for(
+        lambda: (
+            rec.payloads("/heartbeat")
+            and rec.payloads("/heartbeat")[-1]["sensors"]["rain"]["state"] == "fault"
+        ),
+        what="the rain gauge's fault",
+    )
+    rec.wait_seq(4)
+    assert proc.poll() is None

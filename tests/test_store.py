@@ -184,3 +184,36 @@ def test_acked_rows_are_deleted_at_close_and_the_seq_survives_an_empty_buffer(op
     store = open_store()
     assert store.backlog == 0 and store.fetch(0) == []
     assert store.append([reading()]) == [4]
+
+
+def _reservation(tmp_path) -> dict:
+    return json.loads((tmp_path / "buffer.db.seq").read_text())
+
+
+def test_a_clean_stop_lets_the_next_start_continue_without_a_jump(open_store, tmp_path):
+    store = open_store()
+    store.append([reading() for _ in range(3)])
+    store.close()
+    assert _reservation(tmp_path)["clean"] is True
+    assert open_store().append([reading()]) == [4]
+
+
+def test_an_unclean_stop_in_an_earlier_boot_never_reuses_a_seq(open_store, tmp_path):
+    """A power cut can take commits whose readings were already sent: skip past the reservation."""
+    store = open_store()
+    store.append([reading() for _ in range(3)])
+    store.close()
+    record = _reservation(tmp_path)
+    (tmp_path / "buffer.db.seq").write_text(
+        json.dumps({**record, "reserved": 500, "clean": False, "boot_id": "an-earlier-boot"})
+    )
+    assert open_store().append([reading()]) == [500]
+
+
+def test_a_crash_in_this_boot_continues_from_the_buffer(open_store, tmp_path):
+    store = open_store()
+    store.append([reading() for _ in range(3)])
+    store.close()
+    record = _reservation(tmp_path)
+    (tmp_path / "buffer.db.seq").write_text(json.dumps({**record, "reserved": 500, "clean": False}))
+    assert open_store().append([reading()]) == [4], "SIGKILL loses no commit: no gap needed"
