@@ -8,11 +8,11 @@ import random
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from array import array
 from calendar import timegm
 from pathlib import Path
 
@@ -247,16 +247,27 @@ class Subscriber:
 
 
 class SeqTracker:
-    """Follows arriving seqs: when the whole backlog 1..`last` has arrived, and any live ones missed."""
+    """Follows a drain at the subscriber, from the seqs and `ts` of what arrives.
 
-    def __init__(self, sub: Subscriber, last: int):
-        self.sub, self.last = sub, last
-        self.seen = bytearray(last + 1)
-        self.missing = last
+    The backlog is 1..`prefilled` when `t0` is None; else every reading sampled before `t0` (the
+    broker's start), i.e. seqs 1..M where M + 1 is the lowest seq sampled at or after `t0` (the
+    store numbers readings in sampling order). This needs no look into the daemon's buffer.
+    """
+
+    def __init__(self, sub: Subscriber, prefilled: int, t0: float | None = None):
+        self.sub, self.prefilled, self.t0 = sub, prefilled, t0
+        self.cap = prefilled + 10_000  # room for readings sampled while the broker was down
+        self.arrived = array("d", bytes(8 * (self.cap + 1)))  # arrival time per seq; 0: not yet
+        self.first_live = None if t0 is not None else prefilled + 1
         self.first_at: float | None = None  # arrival of the first reading, backlog or live
-        self.done_at: float | None = None  # arrival of the last backlog reading still missing
-        self.live: set[int] = set()
+        self.done_at: float | None = None  # arrival of the backlog's last reading to arrive
+        self.max_seen = 0
+        self._prefix = 0  # every seq up to here has arrived
         self._i = 0
+
+    @property
+    def backlog(self) -> int | None:
+        return None if self.first_live is None else self.first_live - 1
 
     def poll(self) -> bool:
         """Take in what arrived since the last call; True once the whole backlog has."""
@@ -265,26 +276,34 @@ class SeqTracker:
         for t, payload in msgs[self._i : n]:
             if self.first_at is None:
                 self.first_at = t
-            for raw in SEQ_RE.findall(payload):
-                seq = int(raw)
-                if seq > self.last:
-                    self.live.add(seq)
-                elif not self.seen[seq]:
-                    self.seen[seq] = 1
-                    self.missing -= 1
-                    if self.missing == 0:
-                        self.done_at = t
+            for raw_seq, raw_ts in TS_RE.findall(payload):
+                seq = int(raw_seq)
+                self.max_seen = max(self.max_seen, seq)
+                if self.t0 is not None and seq > self.prefilled and seq < (self.first_live or seq + 1):
+                    if ts_epoch(raw_ts) >= self.t0:
+                        self.first_live = seq
+                if seq <= self.cap and not self.arrived[seq]:
+                    self.arrived[seq] = t
         self._i = n
-        return self.missing == 0
+        if self.done_at is None and self.backlog is not None:
+            while self._prefix < self.backlog and self.arrived[self._prefix + 1]:
+                self._prefix += 1
+            if self._prefix >= self.backlog:
+                self.done_at = max(self.arrived[1 : self.backlog + 1], default=self.first_at)
+        return self.done_at is not None
 
     @property
     def delivered(self) -> int:
-        return self.last - self.missing
+        top = self.backlog if self.backlog is not None else self.prefilled
+        return sum(1 for t in self.arrived[1 : top + 1] if t)
 
     @property
     def live_missed(self) -> int:
         """Live readings that never arrived (e.g. sent before the subscription took)."""
-        return (max(self.live) - self.last - len(self.live)) if self.live else 0
+        if self.backlog is None or self.t0 is None:
+            return 0
+        top = min(self.max_seen, self.cap)
+        return sum(1 for t in self.arrived[self.first_live : top + 1] if not t)
 
 
 def ts_epoch(ts: bytes) -> float:
@@ -299,15 +318,6 @@ def latencies_ms(messages: list[tuple[float, bytes]], after: float) -> list[floa
         if t >= after and b'"backfill":false' in payload:
             out.extend((t - ts_epoch(ts)) * 1000 for _, ts in TS_RE.findall(payload))
     return out
-
-
-def max_seq(db_path: Path) -> int:
-    """The buffer's highest seq, read (read-only) from the daemon's live buffer file."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchone()[0]
-    finally:
-        db.close()
 
 
 # -- a backlog ----------------------------------------------------------------------------------------

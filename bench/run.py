@@ -44,7 +44,6 @@ from .helpers import (
     fake_readings,
     fs_of,
     latencies_ms,
-    max_seq,
     pi_health,
     prefill,
     proc_cpu_s,
@@ -366,11 +365,10 @@ def drain(b: Bench, broker: LocalBroker, rows: int, cap_s: float, *, interleaved
         ready_s = d.wait_ready()
         b.sleep(2, d)  # sampling, and failing to connect
         rss_before = d.status_kb("VmRSS")
-        backlog = max_seq(db)
         with Subscriber(broker.port) as sub:
-            tracker = SeqTracker(sub, backlog)
             sub.connect_in_background()
             t0, cpu0 = time.time(), d.cpu_s()
+            tracker = SeqTracker(sub, rows, t0)
             broker.start()
             broker_cpu0 = proc_cpu_s(broker.proc.pid)
             peak = 0
@@ -386,18 +384,20 @@ def drain(b: Bench, broker: LocalBroker, rows: int, cap_s: float, *, interleaved
             time.sleep(0.3)
             tracker.poll()
     first = tracker.first_at
+    backlog = tracker.backlog or rows
+    delivered = tracker.delivered
     return {
         "backlog": backlog,
-        "delivered": tracker.delivered,
+        "delivered": delivered,
         "complete": tracker.done_at is not None,
         "cap_s": cap_s,
         "prefill_s": round(prefill_s, 1),
         "ready_s": round(ready_s, 2),
         "first_delivery_s": None if first is None else round(first - t0, 3),
         "broker_start_to_last_s": round(t_end - t0, 3),
-        "rate_from_broker_start": round(tracker.delivered / (t_end - t0)) if rows else None,
-        "rate_from_first_delivery": round(tracker.delivered / (t_end - first)) if rows and first else None,
-        "projected_full_drain_s": None if tracker.done_at else round(backlog * wall / tracker.delivered),
+        "rate_from_broker_start": round(delivered / (t_end - t0)) if rows else None,
+        "rate_from_first_delivery": round(delivered / (t_end - first)) if rows and first else None,
+        "projected_full_drain_s": None if tracker.done_at else round(backlog * wall / max(delivered, 1)),
         "cpu_share_of_one_core": {k: round(v / wall, 2) for k, v in busy.items()},
         "rss_before_mb": round(rss_before / 1024, 1),
         "rss_peak_draining_mb": round(peak / 1024, 1),
@@ -435,7 +435,7 @@ def fig_drain(b: Bench) -> None:
     try:
         broker.start()
         # The baseline's messages: the same rows, 100 readings of one sensor a message, built by the
-        # project's own payload code; also as the forwarder sends an interleaved backlog (1 a message).
+        # project's own payload code; and unbatched (1 reading a message), as a diagnostic.
         base_db = b.work / "baseline/buffer.db"
         prefill(base_db, big)
         batched = baseline_messages(base_db, "trs-bench", 100)
@@ -510,6 +510,7 @@ def fig_drain(b: Bench) -> None:
         ("<=", 5),
         peer_draining_mb=PEER["drain_rss_mb"],
         idle_mb=round(idle, 1),
+        idle_from="figure 5's idle daemon" if b.idle_rss_kb else "this daemon before the broker started",
         peak_mb=main["rss_peak_draining_mb"],
     )
     b.add(
