@@ -105,7 +105,7 @@ def read_buffer(path: Path, now: float) -> dict[str, Any]:
         out["error"] = f"no buffer at {path} (the daemon has not stored anything yet)"
         return out
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=0.5)
     except sqlite3.Error as err:
         out["error"] = f"cannot open {path}: {err}"
         return out
@@ -120,6 +120,10 @@ def read_buffer(path: Path, now: float) -> dict[str, Any]:
             values = _body_values(body)
             newest[sensor] = {"seq": seq, "age_s": round(now - wall, 1), "values": values}
     except sqlite3.Error as err:
+        if "locked" in str(err):  # the running daemon holds the buffer exclusively
+            out["in_use"] = True
+            out["error"] = f"{path} is in use by the running daemon: figures from its status.json"
+            return out
         hint = " (run as root or as edge-node)" if "unable to open" in str(err) else ""
         out["error"] = f"cannot read {path}: {err}{hint}"
         return out
