@@ -263,12 +263,22 @@ class Daemon:
             self.store.append(batch)
         except StoreError as err:
             # Keep sampling into a bounded overflow; oldest first out if the store stays down.
-            log.error("%s; holding %d readings in memory", err, len(batch))
+            if self.health.buffer_error is None:
+                log.error("%s; holding readings in memory until the buffer takes them", err)
+            self.health.buffer_error = str(err)
             lost = max(0, len(batch) - OVERFLOW_ROWS)
             self._overflow = deque(batch[lost:])
             if lost:
+                self.health.lost_in_memory += lost
                 log.error("in-memory overflow full: %d readings lost", lost)
             return
+        if self.health.buffer_error is not None:
+            log.info("buffer writable again: %d held readings stored", len(self._overflow))
+            self.health.buffer_error = None
+            if self.health.lost_in_memory:  # counted where the fleet sees it, for good
+                with contextlib.suppress(StoreError):
+                    self.store.add_dropped(self.health.lost_in_memory)
+                    self.health.lost_in_memory = 0
         self._overflow.clear()
         self.forwarder.new_data.set()
 

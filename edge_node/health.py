@@ -38,6 +38,8 @@ class Health:
     started_mono: float = field(default_factory=time.monotonic)
     started_iso: str = field(default_factory=now_iso)
     boot_id: str = field(default_factory=boot_id)
+    buffer_error: str | None = None  # the buffer cannot be written (disk full, I/O error)
+    lost_in_memory: int = 0  # readings dropped from the in-memory overflow meanwhile
 
     def sensor(self, name: str) -> SensorState:
         return self.sensors.setdefault(name, SensorState())
@@ -73,18 +75,19 @@ class Health:
     ) -> bytes:
         now = time.time()
         oldest_age = 0.0 if oldest_unsent_wall is None else max(0.0, round(now - oldest_unsent_wall, 1))
-        return _dump(
-            {
-                "ts": format_ts(now),
-                "uptime_s": round(time.monotonic() - self.started_mono, 1),
-                "seq_sent": seq_sent,
-                "backlog": backlog,
-                "oldest_unsent_age_s": oldest_age,
-                "dropped": dropped,
-                "sensors": {name: s.as_json() for name, s in self.sensors.items()},
-                "host": self.host_vitals(),
-            }
-        )
+        beat = {
+            "ts": format_ts(now),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "seq_sent": seq_sent,
+            "backlog": backlog,
+            "oldest_unsent_age_s": oldest_age,
+            "dropped": dropped + self.lost_in_memory,
+            "sensors": {name: s.as_json() for name, s in self.sensors.items()},
+            "host": self.host_vitals(),
+        }
+        if self.buffer_error is not None:  # edge-node extension: the buffer's own fault
+            beat["buffer"] = {"state": "fault", "error": self.buffer_error}
+        return _dump(beat)
 
 
 def _dump(obj: dict) -> bytes:

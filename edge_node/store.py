@@ -360,6 +360,14 @@ class Store:
             self._dropped,
         )
 
+    def add_dropped(self, count: int) -> None:
+        """Readings lost outside the buffer (held in memory while it could not be written)."""
+        try:
+            self._bump_meta(self._conn, seq_hwm=0, dropped=count)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot count dropped readings: {err}") from err
+        self._dropped += count
+
     @staticmethod
     def _bump_meta(db: sqlite3.Connection, *, seq_hwm: int, dropped: int = 0) -> None:
         db.execute(
