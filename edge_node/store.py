@@ -25,9 +25,10 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .clock import boot_id, format_ts
 
@@ -75,8 +76,7 @@ class NewReading:
     meta: Mapping | None = None  # calibration and corrections applied, as sent on the wire
 
 
-@dataclass(frozen=True, slots=True)
-class StoredReading:
+class StoredReading(NamedTuple):  # a tuple: the backlog drain makes millions of these
     seq: int
     sensor: str
     wall: float
@@ -95,6 +95,17 @@ def encode_body(
     if meta:
         body["meta"] = meta
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def _runs(seqs: list[int]) -> Iterator[tuple[int, int]]:
+    """[1, 2, 3, 7, 8] -> (1, 3), (7, 8): acknowledged seqs come in long runs while draining."""
+    start = prev = seqs[0]
+    for seq in seqs[1:]:
+        if seq != prev + 1:
+            yield start, prev
+            start = seq
+        prev = seq
+    yield start, prev
 
 
 class Store:
@@ -414,16 +425,17 @@ class Store:
 
     @staticmethod
     def _delete_rows(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
+        """Delete these (sorted) seqs, a range statement per run of consecutive ones."""
         count = data = 0
-        for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
-            marks = ",".join("?" * len(chunk))
+        if not seqs:
+            return 0, 0
+        for first, last in _runs(seqs):
             got = db.execute(
-                f"SELECT count(*), coalesce(sum(length(body) + length(sensor)), 0) FROM readings "
-                f"WHERE seq IN ({marks})",
-                chunk,
+                "SELECT count(*), coalesce(sum(length(body) + length(sensor)), 0) FROM readings "
+                "WHERE seq BETWEEN ? AND ?",
+                (first, last),
             ).fetchone()
-            db.execute(f"DELETE FROM readings WHERE seq IN ({marks})", chunk)
+            db.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last))
             count += got[0]
             data += got[1]
         return count, data + count * ROW_OVERHEAD  # rows, and the bytes they counted for
@@ -446,4 +458,4 @@ class Store:
             "WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
             (after, before, limit),
         )
-        return [StoredReading(*row) for row in cur]
+        return list(map(StoredReading._make, cur))
