@@ -333,3 +333,43 @@ def test_reprovisioning_another_nodes_config_needs_yes(city, tmp_path, capsys):
     assert "belongs to node trs-0043; rerun with --yes" in line
     assert (etc / "config.toml").read_text().count("trs-0043") == 1  # untouched
     assert not (etc / "secret").exists()
+
+
+def _failed(report: dict) -> list[str]:
+    return [c["name"] for c in report["checks"] if c["result"] == "FAIL"]
+
+
+def test_a_wrong_password_fails_broker_connect_only(city, tmp_path, capsys):
+    argv = _argv(city, tmp_path)
+    Path(argv[argv.index("--password-file") + 1]).write_text("not-the-password\n")
+    status, output, report = _provision(argv, capsys, detect_options=NO_PULSES)
+    assert status == 1
+    assert [n for n in _failed(report) if not n.startswith("broker.")] == []
+    assert "not authorised" in _checks(report)["broker.connect"]["detail"]
+    assert "not-the-password" not in output + json.dumps(report)
+
+
+def test_an_untrusted_ca_fails_broker_connect_naming_the_certificate(city, tmp_path, capsys):
+    argv = _argv(city, tmp_path)
+    argv[argv.index("--ca") + 1] = str(city.rogue_ca)
+    status, output, report = _provision(argv, capsys, detect_options=NO_PULSES)
+    assert status == 1
+    assert [n for n in _failed(report) if not n.startswith("broker.")] == []
+    assert "certificate" in _checks(report)["broker.connect"]["detail"]
+
+
+def test_a_stuck_sensor_fails_its_selftest_only(city, tmp_path, capsys):
+    """A node whose config (kept across reruns) makes the simulated BME280 freeze."""
+    status, _, _ = _provision(_argv(city, tmp_path), capsys, detect_options=NO_PULSES)
+    assert status == 0
+    config = tmp_path / "root" / "etc" / "edge-node" / "config.toml"
+    config.write_text(config.read_text() + '\n[[simulation.faults]]\nsensor = "bme280"\nfault = "stuck"\n')
+    status, output, report = _provision(
+        _argv(city, tmp_path),
+        capsys,
+        detect_options=NO_PULSES,
+        selftest_options={"reads": 3, "spacing_s": 0.2},
+    )
+    assert status == 1
+    assert _failed(report) == ["selftest.bme280"], output
+    assert "stuck" in _checks(report)["selftest.bme280"]["detail"]
