@@ -36,6 +36,7 @@ def test_wheel_installs_a_working_edge_node(tmp_path):
         "drivers/bme280.py",
         "simulators/bme280.py",
         "provisioning/__init__.py",
+        "provisioning/edge-node.service",
     ]:
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
