@@ -35,6 +35,7 @@ from .store import NewReading, Store, StoreError
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+STORE_OPEN_BUDGET_S = 300  # quick_check of a full 2M-row buffer on an SD card can take minutes
 QUEUE_SIZE = 1000  # readings between samplers and the store writer
 OVERFLOW_ROWS = 10_000  # readings held in memory while the store cannot be written
 MAX_FAULT_BACKOFF_S = 300.0
@@ -102,6 +103,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
+        self.notifier.extend_timeout(STORE_OPEN_BUDGET_S, f"checking the buffer {cfg.buffer.path}")
         self.store.open()
         sim = Simulation(cfg.simulation.seed, cfg.simulation.faults)
         try:

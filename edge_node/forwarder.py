@@ -31,7 +31,9 @@ ACK_FLUSH_ROWS = 2000  # acknowledged rows go with the next commit; on their own
 IDLE_TICK_S = 1.0  # the pump proves it is alive at least this often
 STOP_DRAIN_S = 3.0  # at shutdown, how long in-flight messages may take to be acknowledged
 RECONNECT_BASE_S = 0.5
-STABLE_SESSION_S = 30.0  # a session this long resets the reconnect backoff
+STABLE_SESSION_S = 30.0
+FRESH_BOOT_S = 300.0  # a daemon started this soon after boot spreads its first connect...
+FRESH_BOOT_SPREAD_S = 10.0  # ...over this long  # a session this long resets the reconnect backoff
 MAX_COMMAND_BYTES = 4096
 BACKLOG_FETCH = 10  # backlog rows fetched at a time, in batches: enough for every sensor to fill one
 
@@ -108,6 +110,9 @@ class Forwarder:
     # -- connection loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
+        if boottime() < FRESH_BOOT_S:
+            # After a city-wide power cut every node boots at once: spread the first connects too.
+            await self._sleep(random.uniform(0, min(self.reconnect_max_s, FRESH_BOOT_SPREAD_S)))
         attempt = 0
         while not self._stopping.is_set():
             started = time.monotonic()

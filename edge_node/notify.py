@@ -61,6 +61,10 @@ class Notifier:
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
 
+    def extend_timeout(self, seconds: float, status: str) -> None:
+        """Ask systemd for more time to start (checking a large buffer on a slow card)."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", f"STATUS={status}")
+
     def stopping(self, status: str = "stopping") -> None:
         self.notify("STOPPING=1", f"STATUS={status}")
 

@@ -73,6 +73,7 @@ def test_ready_watchdog_status_and_stopping_over_notify_socket(tmp_path, broker,
     systemd.collect(lambda m: any(x.get("READY") == "1" for x in m))
     ready = next(m for m in systemd.messages if m.get("READY") == "1")
     assert ready["MAINPID"] == str(proc.pid) and ready["STATUS"]
+    assert "EXTEND_TIMEOUT_USEC" in systemd.messages[0], "more time asked while the buffer is checked"
     systemd.collect(lambda m: sum("WATCHDOG" in x for x in m) >= 5, timeout=5)  # every 0.2 s
     systemd.collect(lambda m: any("broker connected" in x.get("STATUS", "") for x in m), timeout=5)
     proc.send_signal(signal.SIGTERM)
