@@ -1,0 +1,679 @@
+"""`edge-node fleet`: the operator's view of every node under a topic prefix (DESIGN §4, §6).
+
+Subscribes to `{prefix}/+/status`, `{prefix}/+/heartbeat` (both retained, so they arrive at
+once) and `{prefix}/+/reading/+`, and shows one row per node: state, last seen, backlog and
+oldest unsent age, dropped, sequence gaps, sensor faults and stale sensors, host vitals, clock,
+and the reasons the node **needs a visit**.
+
+Without `--watch` it listens `--listen` seconds (default 3), prints one table (worst first) or
+`--json` (a list of per-node objects) and exits 1 when any node needs a visit, else 0 (for cron
+and monitoring); 2 on bad usage; 1 with one line on stderr when the broker cannot be reached.
+`--watch` redraws the table every second (plain ANSI; `rich` is not a dependency).
+
+`--prometheus PORT` serves the same figures on `http://127.0.0.1:PORT/metrics` (text exposition
+0.0.4) for as long as the command runs (use it with `--watch`):
+
+| metric | labels | meaning |
+|---|---|---|
+| `edge_node_up` | node | 1 online, 0 offline/silent/unknown |
+| `edge_node_last_seen_age_seconds` | node | seconds since the node was last heard (absent if never) |
+| `edge_node_backlog` | node | readings buffered, not yet acknowledged (last heartbeat) |
+| `edge_node_oldest_unsent_age_seconds` | node | age of the oldest buffered reading |
+| `edge_node_dropped_total` | node | readings dropped for the life of the buffer |
+| `edge_node_seq_gaps` | node | missing seqs seen in the readings (see below) |
+| `edge_node_sensor_fault` | node, sensor | 1 when the sensor reports `fault` |
+| `edge_node_sensor_stale` | node, sensor | 1 when its `last_ok` is too old |
+| `edge_node_cpu_temp_celsius` | node | CPU temperature |
+| `edge_node_disk_free_megabytes` | node | free space on the buffer's filesystem |
+| `edge_node_under_voltage` | node | 1 under-voltage now or since boot |
+| `edge_node_clock_synced` | node | 1 when the node's clock is synchronised |
+| `edge_node_malformed_total` | node | malformed messages received from it |
+| `edge_node_needs_visit` | node | 1 when any rule below fires |
+
+Needs-a-visit rules (thresholds are `Rules` fields; the CLI exposes the time ones for tests):
+
+| rule | fires when | default |
+|---|---|---|
+| offline | offline (see State) and not heard for `offline_after_s` (never heard: at once) | 900 s |
+| sensor fault | a heartbeat sensor has `state: "fault"` (named, with its error) | |
+| sensor stale | a sensor's `last_ok` is older than `stale_after_s` by the heartbeat's own `ts` | 900 s |
+| backlog growing | backlog rose > `backlog_growth` across the window's heartbeats | 100 |
+| backlog old | `oldest_unsent_age_s` > `oldest_unsent_max_s` | 3600 s |
+| disk | `host.disk_free_mb` < `disk_min_mb` | 100 MB |
+| under-voltage | `host.throttled` under-voltage now or since boot (flags or raw bits 0/16) | |
+| hot | `host.cpu_temp_c` > `cpu_temp_max_c` | 80 °C |
+| laser | a sensor's `laser_life_used` (SDS011) > `laser_life_max` | 0.9 |
+| buffer | heartbeat `buffer.state` is `fault` (the buffer cannot be written) | |
+| clock | `host.clock_synced` false while `uptime_s` > `clock_grace_s` | 3600 s |
+
+State: `offline (lost|shutdown)` from the retained status (Last Will or clean shutdown);
+`offline (silent)` when the last heartbeat is older than 3 observed heartbeat intervals (two live
+heartbeats seen), else than `silent_after_s` (900 s); `online` when the status says so; else
+`unknown` (heard only through readings or malformed messages). Last seen is the newest of the
+last heartbeat's `ts` (the node's clock) and the arrival time of any live (not retained) message.
+
+Sequence gaps: a node's `seq` is contiguous across all its sensors, so over the listening window
+(watch: since start) the gaps are the seqs missing between the lowest and highest seen, minus the
+node's current backlog (those may still be in its buffer, to arrive as backfill); duplicates and
+backfill are fine. A node already draining when the view started can show a few transient gaps.
+
+Malformed messages (not JSON, not an object, wrong types) never stop the view: they are counted
+per node (`malformed` in `--json`) and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import ssl
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+DEFAULT_PREFIX = "city/terrassa/nodes"
+NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+HEARTBEATS_FOR_SILENT = 3
+
+
+class Rules:
+    """Thresholds of the needs-a-visit rules (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        offline_after_s: float = 900.0,
+        silent_after_s: float = 900.0,
+        stale_after_s: float = 900.0,
+        backlog_growth: int = 100,
+        oldest_unsent_max_s: float = 3600.0,
+        disk_min_mb: float = 100.0,
+        cpu_temp_max_c: float = 80.0,
+        laser_life_max: float = 0.9,
+        clock_grace_s: float = 3600.0,
+    ):
+        self.offline_after_s = offline_after_s
+        self.silent_after_s = silent_after_s
+        self.stale_after_s = stale_after_s
+        self.backlog_growth = backlog_growth
+        self.oldest_unsent_max_s = oldest_unsent_max_s
+        self.disk_min_mb = disk_min_mb
+        self.cpu_temp_max_c = cpu_temp_max_c
+        self.laser_life_max = laser_life_max
+        self.clock_grace_s = clock_grace_s
+
+
+class Malformed(ValueError):
+    pass
+
+
+# -- payload helpers ----------------------------------------------------------------------------
+
+
+def _ts(value) -> float | None:
+    """RFC 3339 → epoch seconds; None when absent or unparsable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _num(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _obj(payload: bytes) -> dict:
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise Malformed(f"not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise Malformed("not a JSON object")
+    return data
+
+
+def _check_status(data: dict) -> dict:
+    if data.get("state") not in ("online", "offline"):
+        raise Malformed("status: bad state")
+    if data["state"] == "offline" and data.get("reason") not in ("lost", "shutdown"):
+        raise Malformed("status: bad reason")
+    return data
+
+
+def _check_heartbeat(data: dict) -> dict:
+    for key in ("backlog", "dropped", "seq_sent"):
+        if _num(data.get(key)) is None:
+            raise Malformed(f"heartbeat: {key} is not a number")
+    if _ts(data.get("ts")) is None:
+        raise Malformed("heartbeat: bad ts")
+    sensors = data.get("sensors")
+    if not isinstance(sensors, dict) or not all(isinstance(s, dict) for s in sensors.values()):
+        raise Malformed("heartbeat: sensors is not an object of objects")
+    if not isinstance(data.get("host"), dict):
+        raise Malformed("heartbeat: host is not an object")
+    if "buffer" in data and not isinstance(data["buffer"], dict):
+        raise Malformed("heartbeat: buffer is not an object")
+    return data
+
+
+def _reading_seqs(data: dict) -> list[int]:
+    readings = data.get("readings")
+    if not isinstance(readings, list) or not readings:
+        raise Malformed("reading: no readings list")
+    seqs = []
+    for r in readings:
+        seq = r.get("seq") if isinstance(r, dict) else None
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise Malformed("reading: bad seq")
+        seqs.append(seq)
+    return seqs
+
+
+def _under_voltage(throttled) -> bool:
+    if not isinstance(throttled, dict):
+        return False
+    if throttled.get("under_voltage_now") is True or throttled.get("under_voltage_since_boot") is True:
+        return True
+    raw = throttled.get("raw")
+    return isinstance(raw, int) and not isinstance(raw, bool) and bool(raw & 0x10001)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+class Node:
+    def __init__(self, node_id: str):
+        self.id = node_id
+        self.status: dict | None = None
+        self.heartbeat: dict | None = None
+        self.hb_arrivals: list[float] = []  # arrival times of live heartbeats (for the interval)
+        self.backlog_samples: list[tuple[float, int]] = []  # (arrival, backlog) within the window
+        self.seqs: set[int] = set()
+        self.last_live: float | None = None  # arrival of the newest non-retained message
+        self.malformed = 0
+
+
+class Fleet:
+    """Everything heard under the prefix; thread-safe (`ingest` from the MQTT thread)."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, rules: Rules | None = None, window_s: float = 60.0):
+        self.prefix = prefix.rstrip("/")
+        self.rules = rules or Rules()
+        self.window_s = window_s
+        self.nodes: dict[str, Node] = {}
+        self.malformed_topics = 0  # messages whose topic names no valid node
+        self._lock = threading.Lock()
+
+    def topics(self) -> list[str]:
+        p = self.prefix
+        return [f"{p}/+/status", f"{p}/+/heartbeat", f"{p}/+/reading/+"]
+
+    def ingest(self, topic: str, payload: bytes, retained: bool = False, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else None
+        parts = rest.split("/") if rest else []
+        with self._lock:
+            if len(parts) < 2 or not NODE_ID.match(parts[0]):
+                self.malformed_topics += 1
+                return
+            node = self.nodes.get(parts[0])
+            if node is None:
+                node = self.nodes[parts[0]] = Node(parts[0])
+            if not payload:  # a cleared retained message: forget it
+                if parts[1] == "status":
+                    node.status = None
+                elif parts[1] == "heartbeat":
+                    node.heartbeat = None
+                return
+            try:
+                self._apply(node, parts, _obj(payload), retained, now)
+            except Malformed:
+                node.malformed += 1
+
+    def _apply(self, node: Node, parts: list[str], data: dict, retained: bool, now: float) -> None:
+        kind = parts[1]
+        if kind == "status" and len(parts) == 2:
+            node.status = _check_status(data)
+        elif kind == "heartbeat" and len(parts) == 2:
+            node.heartbeat = _check_heartbeat(data)
+            node.backlog_samples.append((now, int(data["backlog"])))
+            if not retained:
+                node.hb_arrivals = [*node.hb_arrivals[-4:], now]
+        elif kind == "reading" and len(parts) == 3:
+            node.seqs.update(_reading_seqs(data))
+        else:
+            raise Malformed("unexpected topic")
+        if not retained:
+            node.last_live = now
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def rows(self, now: float | None = None) -> list[dict]:
+        """One dict per node, worst first (the `--json` objects)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = [self._row(n, now) for n in self.nodes.values()]
+        rows.sort(key=_badness)
+        return rows
+
+    def _row(self, node: Node, now: float) -> dict:
+        r = self.rules
+        hb = node.heartbeat or {}
+        host = hb.get("host") if isinstance(hb.get("host"), dict) else {}
+        hb_ts = _ts(hb.get("ts"))
+        heard = [t for t in (hb_ts, node.last_live) if t is not None]
+        last_seen = max(heard) if heard else None
+        seen_age = None if last_seen is None else max(0.0, now - last_seen)
+        reasons: list[str] = []
+
+        # state
+        status = node.status or {}
+        hb_age = None if hb_ts is None else now - hb_ts
+        interval = None
+        if len(node.hb_arrivals) >= 2:
+            interval = (node.hb_arrivals[-1] - node.hb_arrivals[0]) / (len(node.hb_arrivals) - 1)
+        silent_after = r.silent_after_s
+        if interval:
+            silent_after = min(silent_after, HEARTBEATS_FOR_SILENT * interval)
+        if status.get("state") == "offline":
+            state, reason = "offline", status.get("reason")
+        elif hb_age is not None and hb_age > silent_after:
+            state, reason = "offline", "silent"
+        elif status.get("state") == "online":
+            state, reason = "online", None
+        else:
+            state, reason = "unknown", None
+        if state == "offline" and (seen_age is None or seen_age > r.offline_after_s):
+            reasons.append(f"offline ({reason}) for {_age(seen_age)}")
+
+        # sensors
+        faults, stale = {}, []
+        sensors = hb.get("sensors") if isinstance(hb.get("sensors"), dict) else {}
+        for name, s in sorted(sensors.items()):
+            if s.get("state") == "fault":
+                faults[name] = str(s.get("error") or "fault")
+                reasons.append(f"sensor {name} fault: {faults[name]}")
+            last_ok = _ts(s.get("last_ok"))
+            if last_ok is not None and hb_ts is not None and hb_ts - last_ok > r.stale_after_s:
+                stale.append(name)
+                if name not in faults:
+                    reasons.append(f"sensor {name} stale for {_age(hb_ts - last_ok)}")
+            life = _num(s.get("laser_life_used"))
+            if life is not None and life > r.laser_life_max:
+                reasons.append(f"sensor {name} laser life used {life:.0%}")
+
+        # backlog
+        backlog = _num(hb.get("backlog"))
+        oldest = _num(hb.get("oldest_unsent_age_s"))
+        window = [b for t, b in node.backlog_samples if t >= now - self.window_s]
+        growth = window[-1] - window[0] if len(window) >= 2 else 0
+        if growth > r.backlog_growth:
+            reasons.append(f"backlog growing (+{growth} to {window[-1]})")
+        elif oldest is not None and oldest > r.oldest_unsent_max_s:
+            reasons.append(f"oldest unsent reading {_age(oldest)} old")
+        if isinstance(hb.get("buffer"), dict) and hb["buffer"].get("state") == "fault":
+            reasons.append(f"buffer fault: {hb['buffer'].get('error') or 'cannot write'}")
+
+        # host
+        cpu = _num(host.get("cpu_temp_c"))
+        disk = _num(host.get("disk_free_mb"))
+        throttled = host.get("throttled") if isinstance(host.get("throttled"), dict) else None
+        uv = _under_voltage(throttled)
+        synced = host.get("clock_synced") if isinstance(host.get("clock_synced"), bool) else None
+        uptime = _num(hb.get("uptime_s"))
+        if disk is not None and disk < r.disk_min_mb:
+            reasons.append(f"disk nearly full ({disk:.0f} MB free)")
+        if uv:
+            now_flag = throttled.get("under_voltage_now") is True or (
+                isinstance(throttled.get("raw"), int) and throttled["raw"] & 1
+            )
+            reasons.append("under-voltage " + ("now" if now_flag else "since boot"))
+        if cpu is not None and cpu > r.cpu_temp_max_c:
+            reasons.append(f"CPU hot ({cpu:.0f} °C)")
+        if synced is False and uptime is not None and uptime > r.clock_grace_s:
+            reasons.append(f"clock not synced after {_age(uptime)} up")
+
+        # sequence gaps
+        gaps = 0
+        if node.seqs:
+            missing = (max(node.seqs) - min(node.seqs) + 1) - len(node.seqs)
+            gaps = max(0, missing - int(backlog or 0))
+
+        return {
+            "node": node.id,
+            "state": state,
+            "reason": reason,
+            "last_seen": None
+            if last_seen is None
+            else datetime.fromtimestamp(last_seen).astimezone().isoformat(),
+            "last_seen_age_s": None if seen_age is None else round(seen_age, 1),
+            "backlog": None if backlog is None else int(backlog),
+            "oldest_unsent_age_s": oldest,
+            "dropped": None if _num(hb.get("dropped")) is None else int(hb["dropped"]),
+            "seq_gaps": gaps,
+            "seqs_seen": len(node.seqs),
+            "sensor_faults": faults,
+            "stale_sensors": stale,
+            "sensors": {n: s.get("state") for n, s in sorted(sensors.items())},
+            "cpu_temp_c": cpu,
+            "throttled": throttled,
+            "under_voltage": uv,
+            "disk_free_mb": disk,
+            "clock_synced": synced,
+            "uptime_s": uptime,
+            "version": status.get("version"),
+            "malformed": node.malformed,
+            "needs_visit": reasons,
+        }
+
+
+def _badness(row: dict):
+    return (
+        not row["needs_visit"],
+        row["state"] == "online",
+        -len(row["needs_visit"]),
+        -row["seq_gaps"],
+        -(row["backlog"] or 0),
+        row["node"],
+    )
+
+
+# -- output -------------------------------------------------------------------------------------
+
+COLUMNS = ("NODE", "STATE", "SEEN", "BACKLOG", "OLDEST", "DROP", "GAPS", "CPU", "DISK", "CLOCK", "VISIT")
+
+
+def table(rows: list[dict]) -> str:
+    """Plain text, aligned columns; the VISIT column lists the reasons (or `-`)."""
+    body = []
+    for r in rows:
+        state = r["state"] + (f" ({r['reason']})" if r["reason"] else "")
+        body.append(
+            (
+                r["node"],
+                state,
+                _age(r["last_seen_age_s"]),
+                "-" if r["backlog"] is None else str(r["backlog"]),
+                "-" if r["oldest_unsent_age_s"] is None else _age(r["oldest_unsent_age_s"]),
+                "-" if r["dropped"] is None else str(r["dropped"]),
+                str(r["seq_gaps"]),
+                "-"
+                if r["cpu_temp_c"] is None
+                else f"{r['cpu_temp_c']:.0f}C" + ("!UV" if r["under_voltage"] else ""),
+                "-" if r["disk_free_mb"] is None else f"{r['disk_free_mb']:.0f}MB",
+                {True: "ok", False: "unsync", None: "-"}[r["clock_synced"]],
+                "; ".join(r["needs_visit"]) or "-",
+            )
+        )
+    widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)).rstrip() for b in body]
+    n_visit = sum(1 for r in rows if r["needs_visit"])
+    n_online = sum(1 for r in rows if r["state"] == "online")
+    lines.append(f"{len(rows)} nodes, {n_online} online, {n_visit} need a visit")
+    return "\n".join(lines)
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+PROM_HELP = {
+    "edge_node_up": "1 when the node is online",
+    "edge_node_last_seen_age_seconds": "seconds since the node was last heard",
+    "edge_node_backlog": "readings buffered on the node, not yet acknowledged",
+    "edge_node_oldest_unsent_age_seconds": "age of the oldest buffered reading",
+    "edge_node_dropped_total": "readings dropped for the life of the node's buffer",
+    "edge_node_seq_gaps": "missing reading seqs seen by this fleet view",
+    "edge_node_sensor_fault": "1 when the sensor reports a fault",
+    "edge_node_sensor_stale": "1 when the sensor's last good reading is too old",
+    "edge_node_cpu_temp_celsius": "CPU temperature",
+    "edge_node_disk_free_megabytes": "free space on the buffer's filesystem",
+    "edge_node_under_voltage": "1 when under-voltage now or since boot",
+    "edge_node_clock_synced": "1 when the node's clock is synchronised",
+    "edge_node_malformed_total": "malformed messages received from the node",
+    "edge_node_needs_visit": "1 when a needs-a-visit rule fires",
+}
+
+
+def prometheus(rows: list[dict]) -> str:
+    """The Prometheus text exposition (0.0.4) of the rows."""
+    samples: dict[str, list[str]] = {name: [] for name in PROM_HELP}
+
+    def add(name: str, value, **labels) -> None:
+        if value is None:
+            return
+        lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
+        samples[name].append(f"{name}{{{lab}}} {float(value):g}")
+
+    for r in rows:
+        n = r["node"]
+        add("edge_node_up", r["state"] == "online", node=n)
+        add("edge_node_last_seen_age_seconds", r["last_seen_age_s"], node=n)
+        add("edge_node_backlog", r["backlog"], node=n)
+        add("edge_node_oldest_unsent_age_seconds", r["oldest_unsent_age_s"], node=n)
+        add("edge_node_dropped_total", r["dropped"], node=n)
+        add("edge_node_seq_gaps", r["seq_gaps"], node=n)
+        for sensor in r["sensors"]:
+            add("edge_node_sensor_fault", sensor in r["sensor_faults"], node=n, sensor=sensor)
+            add("edge_node_sensor_stale", sensor in r["stale_sensors"], node=n, sensor=sensor)
+        add("edge_node_cpu_temp_celsius", r["cpu_temp_c"], node=n)
+        add("edge_node_disk_free_megabytes", r["disk_free_mb"], node=n)
+        add("edge_node_under_voltage", r["under_voltage"], node=n)
+        add("edge_node_clock_synced", r["clock_synced"], node=n)
+        add("edge_node_malformed_total", r["malformed"], node=n)
+        add("edge_node_needs_visit", bool(r["needs_visit"]), node=n)
+    out = []
+    for name, lines in samples.items():
+        kind = "counter" if name.endswith("_total") else "gauge"
+        out += [f"# HELP {name} {PROM_HELP[name]}", f"# TYPE {name} {kind}", *lines]
+    return "\n".join(out) + "\n"
+
+
+def serve_prometheus(fleet: Fleet, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve `/metrics` from a daemon thread; the caller shuts the server down."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = prometheus(fleet.rows()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="fleet-prometheus", daemon=True).start()
+    return server
+
+
+# -- MQTT ---------------------------------------------------------------------------------------
+
+
+class BrokerError(Exception):
+    pass
+
+
+def connect(fleet: Fleet, url: str, *, username=None, password=None, ca=None, timeout: float = 5.0):
+    """A paho client subscribed to the fleet's topics, feeding `fleet` from its own thread."""
+    import paho.mqtt.client as mqtt
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"--broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (got {url!r})")
+    tls = parts.scheme == "mqtts" or ca is not None
+    port = parts.port or (8883 if tls else 1883)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-node-fleet-{uuid.uuid4().hex[:8]}"
+    )
+    if username:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca, cert_reqs=ssl.CERT_REQUIRED)
+    result: dict = {}
+    ready = threading.Event()
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        result["rc"] = reason_code
+        if not reason_code.is_failure:
+            for topic in fleet.topics():
+                c.subscribe(topic, qos=1)
+        ready.set()
+
+    def on_message(c, userdata, msg):
+        try:
+            fleet.ingest(msg.topic, msg.payload, bool(msg.retain))
+        except Exception:  # never let one message stop the view
+            pass
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(parts.hostname, port, keepalive=30)
+    except (OSError, ssl.SSLError) as err:
+        raise BrokerError(f"cannot reach broker {url}: {err}") from None
+    client.loop_start()
+    if not ready.wait(timeout):
+        client.loop_stop()
+        raise BrokerError(f"cannot reach broker {url}: no answer in {timeout:g}s")
+    if result["rc"].is_failure:
+        client.loop_stop()
+        raise BrokerError(f"broker {url} refused the connection: {result['rc']}")
+    return client
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def register(sub) -> argparse.ArgumentParser:
+    """Add the `fleet` subcommand to `edge-node`'s subparsers."""
+    p = sub.add_parser(
+        "fleet",
+        help="the operator's view of all nodes: state, backlog, gaps, faults, vitals, needs a visit",
+        description="Exit 1 when any node needs a visit (rules: pydoc edge_node.fleet), 0 otherwise.",
+    )
+    p.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST[:PORT] or mqtts://...")
+    p.add_argument("--username", metavar="U")
+    p.add_argument(
+        "--password-file", metavar="F", help="file holding the password (trailing newline ignored)"
+    )
+    p.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
+    p.add_argument("--topic-prefix", metavar="P", default=DEFAULT_PREFIX, help=f"default {DEFAULT_PREFIX}")
+    p.add_argument("--json", action="store_true", help="print a JSON list of per-node objects")
+    p.add_argument("--watch", action="store_true", help="a live table, refreshed every second")
+    p.add_argument("--listen", metavar="S", type=float, default=3.0, help="seconds to listen (default 3)")
+    p.add_argument(
+        "--prometheus", metavar="PORT", type=int, help="serve /metrics on 127.0.0.1:PORT while running"
+    )
+    p.add_argument(
+        "--offline-after", metavar="S", type=float, default=900.0, help="offline-too-long threshold (900)"
+    )
+    p.add_argument(
+        "--stale-after", metavar="S", type=float, default=900.0, help="stale sensor threshold (900)"
+    )
+    p.set_defaults(func=cmd_fleet)
+    return p
+
+
+def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, out=None) -> int:
+    out = out or sys.stdout
+    if args.listen < 0 or args.offline_after < 0 or args.stale_after < 0:
+        print("edge-node fleet: --listen, --offline-after and --stale-after must be >= 0", file=sys.stderr)
+        return 2
+    password = None
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as err:
+            print(f"edge-node fleet: cannot read --password-file: {err}", file=sys.stderr)
+            return 2
+    rules = Rules(offline_after_s=args.offline_after, stale_after_s=args.stale_after)
+    fleet = Fleet(args.topic_prefix, rules, window_s=math.inf if args.watch else max(args.listen, 1.0))
+    try:
+        client = connect(fleet, args.broker, username=args.username, password=password, ca=args.ca)
+    except ValueError as err:
+        print(f"edge-node fleet: {err}", file=sys.stderr)
+        return 2
+    except BrokerError as err:
+        print(f"edge-node fleet: {err}", file=sys.stderr)
+        return 1
+    server = None
+    stop = stop or threading.Event()
+    try:
+        if args.prometheus is not None:
+            try:
+                server = serve_prometheus(fleet, args.prometheus)
+            except OSError as err:
+                print(f"edge-node fleet: cannot serve --prometheus {args.prometheus}: {err}", file=sys.stderr)
+                return 1
+        if args.watch:
+            try:
+                while not stop.is_set():
+                    rows = fleet.rows()
+                    text = json.dumps(rows) if args.json else table(rows)
+                    if args.json:
+                        out.write(text + "\n")
+                    else:
+                        out.write(
+                            "\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + args.broker + "\n" + text + "\n"
+                        )
+                    out.flush()
+                    stop.wait(1.0)
+            except KeyboardInterrupt:
+                pass
+        else:
+            stop.wait(args.listen)
+        rows = fleet.rows()
+        if not args.watch:
+            out.write((json.dumps(rows, indent=2) if args.json else table(rows)) + "\n")
+            out.flush()
+        return 1 if any(r["needs_visit"] for r in rows) else 0
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        client.loop_stop()
+        client.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edge_node.fleet ...` until `edge-node fleet` is wired into the CLI."""
+    parser = argparse.ArgumentParser(prog="edge-node")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["fleet", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
