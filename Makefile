@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test test-long demo bench lint system-deps clean
+.PHONY: test test-long demo demo-fleet bench lint system-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -43,3 +43,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# 50 simulated nodes against a local Mosquitto, and the operator's live fleet view beside them.
+demo-fleet: $(STAMP) system-deps
+	$(PY) -m edge_node.demo_fleet

@@ -79,9 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log too")
     demo.set_defaults(func=cmd_demo)
 
-    from provisioning.cli import register
+    from provisioning.cli import register as register_provisioning
 
-    register(sub)
+    from .fleet import register as register_fleet
+    from .simulate import register as register_simulate
+
+    register_provisioning(sub)
+    register_fleet(sub)
+    register_simulate(sub)
     return parser
 
 
