@@ -71,7 +71,7 @@ class LocalBroker:
                 self.port = free_port()
             conf = self._write_conf()
             with open(self.log_path, "ab") as log:
-                # its own session: a Ctrl-C meant for the demo must not kill the broker before the nodes say goodbye
+                # its own session: a Ctrl-C for the demo must not kill the broker before the nodes say goodbye
                 self.proc = subprocess.Popen(
                     [self.binary, "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
                 )
