@@ -10,31 +10,7 @@ import pytest
 from edge_node.broker import LocalBroker, free_port
 
 from .conftest import start_daemon, write_config
-
-
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(directory, name: str) -> None:
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-        cwd=directory,
-    )
+from .pki import make_ca, openssl
 
 
 @pytest.fixture
