@@ -42,6 +42,7 @@ __all__ = [
     "SensorConfig",
     "SimulationConfig",
     "load_config",
+    "parse_broker_url",
     "parse_config",
     "parse_size",
 ]
@@ -376,25 +377,35 @@ class _BrokerAddress(NamedTuple):
     tls: bool
 
 
-def _broker_url(value: Any) -> _BrokerAddress:
-    url = string()(value)
+def parse_broker_url(url: str, *, credentials_hint: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an mqtt:// or mqtts:// URL; ValueError with the problem otherwise.
+    Shared with `edge-node provision`, which checks its --broker the same way."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as err:
-        raise _Invalid(f"not a valid URL: {err}") from None
+        raise ValueError(f"not a valid URL: {err}") from None
     if parts.username is not None or parts.password is not None:  # checked first: never echo a secret
-        raise _Invalid("must not contain credentials; use broker.username and broker.password_file")
+        raise ValueError(f"must not contain credentials; use {credentials_hint}")
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise _Invalid(f"must start with mqtt:// or mqtts:// (got {_show(url)})")
+        raise ValueError(f"must start with mqtt:// or mqtts:// (got {_show(url)})")
     if not parts.hostname:
-        raise _Invalid(f"needs a host (got {_show(url)})")
+        raise ValueError(f"needs a host (got {_show(url)})")
     if port == 0:
-        raise _Invalid(f"port must be 1..65535 (got {_show(url)})")
+        raise ValueError(f"port must be 1..65535 (got {_show(url)})")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise _Invalid(f"must not have a path, query or fragment (got {_show(url)})")
+        raise ValueError(f"must not have a path, query or fragment (got {_show(url)})")
     tls = parts.scheme == "mqtts"
-    return _BrokerAddress(url, parts.hostname, port or (8883 if tls else 1883), tls)
+    return parts.hostname, port or (8883 if tls else 1883), tls
+
+
+def _broker_url(value: Any) -> _BrokerAddress:
+    url = string()(value)
+    try:
+        host, port, tls = parse_broker_url(url, credentials_hint="broker.username and broker.password_file")
+    except ValueError as err:
+        raise _Invalid(str(err)) from None
+    return _BrokerAddress(url, host, port, tls)
 
 
 def _topic_prefix(value: Any) -> str:

@@ -35,9 +35,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from edge_node.config import NODE_ID_PATTERN, SECTIONS, Config, ConfigError, parse_config
+from edge_node.config import NODE_ID_PATTERN, SECTIONS, Config, ConfigError, parse_broker_url, parse_config
 
 from .install import (
     SERVICE,
@@ -229,21 +228,9 @@ def _read_source(option: str, path: str, *, marker: str | None = None, one_line:
 def _check_url(url: str) -> bool:
     """Whether the URL is TLS; UsageError when it is not a usable broker URL."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        return parse_broker_url(url, credentials_hint="--username and --password-file")[2]
     except ValueError as err:
-        raise UsageError(f"--broker: not a valid URL: {err}") from None
-    if parts.username is not None or parts.password is not None:  # checked first: never echo a secret
-        raise UsageError("--broker: must not contain credentials; use --username and --password-file")
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise UsageError(f"--broker: must start with mqtt:// or mqtts:// (got {url!r})")
-    if not parts.hostname:
-        raise UsageError(f"--broker: needs a host (got {url!r})")
-    if port == 0:
-        raise UsageError(f"--broker: port must be 1..65535 (got {url!r})")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UsageError(f"--broker: must not have a path, query or fragment (got {url!r})")
-    return parts.scheme == "mqtts"
+        raise UsageError(f"--broker: {err}") from None
 
 
 def validate(args: argparse.Namespace) -> Plan:
