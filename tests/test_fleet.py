@@ -239,6 +239,9 @@ def test_prometheus_while_watching(broker):
                     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             except OSError:
                 pass
+        deadline = time.monotonic() + 5  # and the live table has been redrawn with it
+        while "trs-p" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop.set()
         t.join(5)
