@@ -1,0 +1,44 @@
+"""The layers of STYLE.md, held by a test: drivers import nothing of ours; simulators only
+drivers; edge_node reaches simulators only through the backend registry (sensors.py); and
+provisioning only through the one CLI entry point."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"drivers", "simulators", "edge_node", "provisioning"}
+ALLOWED = {
+    "drivers": {"drivers"},
+    "simulators": {"simulators", "drivers"},
+    "edge_node": {"edge_node", "drivers"},
+    "provisioning": {"provisioning", "edge_node", "drivers", "simulators"},
+}
+EXCEPTIONS = {  # (file, package it may import besides its layer's)
+    ("edge_node/sensors.py", "simulators"),  # the backend registry: "sim" picks a simulator
+    ("edge_node/cli.py", "provisioning"),  # one `edge-node` command for every job
+}
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_layer_imports_only_what_it_may(package):
+    wrong = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for imported in imports(path) - ALLOWED[package]:
+            if (rel, imported) not in EXCEPTIONS:
+                wrong.append(f"{rel} imports {imported}")
+    assert wrong == []
