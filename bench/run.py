@@ -36,6 +36,7 @@ from edge_node import __version__
 from edge_node.broker import LocalBroker
 from edge_node.store import SCHEMA, Store
 
+from .fleet import fig_fleet
 from .helpers import (
     Daemon,
     SeqTracker,
@@ -602,7 +603,7 @@ SUMMARY_KEYS = (
 # -- the run ---------------------------------------------------------------------------------------------
 
 
-FIGURES = (fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain)
+FIGURES = (fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet)
 
 
 def show(value) -> str:
