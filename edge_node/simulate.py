@@ -89,6 +89,7 @@ class FleetOptions:
     seed: int = 42
     interval_s: float = 10.0
     heartbeat_s: float = 60.0
+    backfill_rate: float = 500.0  # readings/s each node drains its backlog at; 0 = no cap
     sensors: tuple[str, ...] = DEFAULT_SENSORS
     faults: tuple[str, ...] = ()  # "NODE:SENSOR=FAULT"
     offline_pct: float = 0.0
@@ -202,6 +203,7 @@ def node_config_text(spec: NodeSpec, opts: FleetOptions, buffer: Path) -> str:
         "",
         "[forward]",
         "reconnect_max_s = 10",
+        f"backfill_rate = {float(opts.backfill_rate)}",
         "",
         "[health]",
         f"heartbeat_s = {float(opts.heartbeat_s)}",
@@ -357,6 +359,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         interval_s=args.interval,
         heartbeat_s=args.heartbeat,
+        backfill_rate=args.backfill_rate,
         sensors=tuple(s.strip() for s in args.sensors.split(",") if s.strip()),
         faults=tuple(args.fault or ()),
         offline_pct=args.offline,
@@ -412,6 +415,13 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=10.0, metavar="S", help="sampling interval (default 10)")
     p.add_argument(
         "--heartbeat", type=float, default=60.0, metavar="S", help="heartbeat interval (default 60)"
+    )
+    p.add_argument(
+        "--backfill-rate",
+        type=float,
+        default=500.0,
+        metavar="R",
+        help="readings/s each node drains a backlog at, behind live readings; 0 = no cap (default 500)",
     )
     p.add_argument(
         "--sensors",
