@@ -116,6 +116,7 @@ def test_plan_scenario_fault_and_offline(tmp_path):
         faults=("sim-001:bme280=nack",),
         scenario=scenario,
         offline_pct=10,
+        backfill_rate=0,
     )
     specs = plan_fleet(opts)
     assert [s.node_id for s in specs][:2] == ["sim-001", "sim-002"] and len({s.node_id for s in specs}) == 20
@@ -129,6 +130,7 @@ def test_plan_scenario_fault_and_offline(tmp_path):
     cfg = dict((s.node_id, c) for s, c in configs)["sim-002"]
     assert cfg.simulation.seed == 102 and cfg.simulation.faults[0]["for_s"] == 10
     assert cfg.buffer.path == tmp_path / "w" / "sim-002" / "buffer.db"
+    assert cfg.forward.backfill_rate == 0, "--backfill-rate reaches every node's config"
 
 
 @pytest.mark.parametrize(
