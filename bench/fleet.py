@@ -18,11 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from edge_node.broker import LocalBroker
 
-from .helpers import PREFIX, SEQ_RE, proc_cpu_s, proc_status_kb
+from .helpers import PREFIX, SEQ_RE, Subscriber, proc_cpu_s, proc_status_kb
 
 TOTALS_RE = re.compile(
     r"nodes (\d+)/(\d+) running, (\d+) connected.*stored (\d+), sent (\d+), backlog (\d+)(; FAILED (\d+))?"
@@ -31,7 +29,7 @@ SYS_RECEIVED = "$SYS/broker/messages/received"
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
-class FleetSubscriber:
+class FleetSubscriber(Subscriber):
     """Every reading of every node, by (node, seq), plus the broker's $SYS counters with their time.
 
     connect() retries every 2 ms, so a subscriber started before the broker catches it the moment
@@ -39,21 +37,16 @@ class FleetSubscriber:
     """
 
     def __init__(self, port: int, seen: dict[str, set[int]] | None = None):
-        self.port = port
+        super().__init__(port)
         self.seen: dict[str, set[int]] = {} if seen is None else seen  # node -> seqs delivered
         self.inbox: list[tuple[float, str, bytes]] = []
         self.sys: dict[str, list[tuple[float, int]]] = {SYS_RECEIVED: [], SYS_DROPPED: []}
         self.arrivals: list[tuple[float, int]] = []  # (arrival, readings in the message)
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-fleet-{time.time_ns()}")
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            [(f"{PREFIX}/+/reading/#", 1), (SYS_RECEIVED, 0), (SYS_DROPPED, 0)]
+        )
         self.client.on_message = self._on_message
-        self._stop = threading.Event()
         self._i = 0
-
-    def _on_connect(self, client, *_):
-        client.subscribe([(f"{PREFIX}/+/reading/#", 1), (SYS_RECEIVED, 0), (SYS_DROPPED, 0)])
 
     def _on_message(self, client, userdata, msg):
         now = time.time()
@@ -64,28 +57,6 @@ class FleetSubscriber:
                 pass
             return
         self.inbox.append((now, msg.topic, msg.payload))
-
-    def connect(self, timeout: float = 30) -> FleetSubscriber:
-        deadline = time.monotonic() + timeout
-        while not self._stop.is_set():
-            try:
-                self.client.connect("127.0.0.1", self.port, keepalive=900)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.002)
-        self.client.loop_start()
-        return self
-
-    def connect_in_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.connect, daemon=True)
-        thread.start()
-        return thread
-
-    def wait_subscribed(self, timeout: float = 10) -> None:
-        if not self.subscribed.wait(timeout):
-            raise RuntimeError("fleet subscriber did not get its SUBACK")
 
     def poll(self) -> int:
         """Take in what arrived since the last call; the number of distinct readings delivered."""
@@ -134,11 +105,6 @@ class FleetSubscriber:
             if t >= after:
                 by_s[int(t)] = by_s.get(int(t), 0) + k
         return max(by_s.values(), default=0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 class Simulator:
