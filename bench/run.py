@@ -579,6 +579,19 @@ def fig_drain(b: Bench) -> None:
         idle_from="figure 5's idle daemon" if b.idle_rss_kb else "this daemon before the broker started",
         peak_mb=main["rss_peak_draining_mb"],
     )
+    if "1000k" in runs:
+        huge = runs["1000k"]
+        b.add(
+            "drain_rss_1m_over_idle_mb",
+            "5. RSS draining 1M minus idle RSS (issue 6)",
+            huge["rss_peak_draining_mb"] - idle,
+            "MB",
+            ("<=", 5),
+            idle_mb=round(idle, 1),
+            peak_mb=huge["rss_peak_draining_mb"],
+            rss_before_mb=huge["rss_before_mb"],
+            complete=huge["complete"],
+        )
     b.add(
         "drain_by_backlog",
         "1. drain by backlog size (DESIGN §9)",
