@@ -11,8 +11,6 @@ Sizes are decimal megabytes (10**6 bytes), as the unit "MB" says; `/proc/meminfo
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import math
 import os
@@ -235,11 +233,10 @@ def _read_wifi_dbm(root: str | os.PathLike) -> float | None:
 
 @functools.cache
 def _adjtimex():
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
+    import ctypes  # here, not at the top: most nodes answer from timesyncd's flag file
+
     try:
-        return ctypes.CDLL(libc_name, use_errno=True).adjtimex
+        return ctypes.CDLL(None, use_errno=True).adjtimex  # the process's own libc
     except (OSError, AttributeError):
         return None
 
@@ -249,6 +246,8 @@ def _kernel_clock_synced() -> bool:
     if adjtimex is None:
         return False
     # modes = 0 (the zeroed buffer) only reads; 512 bytes hold struct timex on every ABI (208 on 64-bit).
+    import ctypes
+
     timex = ctypes.create_string_buffer(512)
     state = adjtimex(timex)
     return state not in (-1, _TIME_ERROR)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import difflib
 import hashlib
 import json
 import math
@@ -23,7 +22,6 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -186,7 +184,9 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None or match["unit"] not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r}")
-    return int(Decimal(match["number"]) * _SIZE_UNITS[match["unit"]])
+    whole, _, fraction = match["number"].partition(".")  # exact, in integers: "1.5GiB" is 1.5 * 2**30
+    unit = _SIZE_UNITS[match["unit"]]
+    return int(whole) * unit + (int(fraction) * unit // 10 ** len(fraction) if fraction else 0)
 
 
 _SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?) ?(?P<unit>[A-Za-z]*)")
@@ -261,6 +261,8 @@ def _validate_table(value: Any, schema: Mapping[str, Key]) -> dict[str, Any]:
     checked = {}
     for name, item in value.items():
         if name not in schema:
+            import difflib  # only for a message; not worth its memory in a running daemon
+
             close = difflib.get_close_matches(name, list(schema), n=1)
             raise _Invalid("unknown key", name, did_you_mean=close[0] if close else None)
         checked[name] = _check_at(name, schema[name].check, item)
