@@ -8,7 +8,16 @@ and the reasons the node **needs a visit**.
 Without `--watch` it listens `--listen` seconds (default 3), prints one table (worst first) or
 `--json` (a list of per-node objects) and exits 1 when any node needs a visit, else 0 (for cron
 and monitoring); 2 on bad usage; 1 with one line on stderr when the broker cannot be reached.
-`--watch` redraws the table every second (plain ANSI; `rich` is not a dependency).
+
+`--watch` runs until Ctrl-C (same exit codes, from the rows at exit). On a terminal it keeps a
+live table (rich), refreshed every second: the same rows and columns, the state coloured (red:
+needs a visit; yellow: offline or unknown, not yet a visit; green: fine), the time and counts
+around it and, when the fleet is taller than the terminal, only the worst rows that fit and how
+many more are not shown. When stdout is not a terminal (a pipe, a file, a unit serving
+`--prometheus`) it writes nothing while running and the plain table once, on exit: a log gets
+one table, not one a second and no escape codes; `--watch --json` streams one JSON line a
+second instead. rich is imported only on this path: `import edge_node.fleet` (and so `edge-node
+run`) never loads it.
 
 `--prometheus PORT` serves the same figures on `http://127.0.0.1:PORT/metrics` (text exposition
 0.0.4) for as long as the command runs (use it with `--watch`):
@@ -405,35 +414,131 @@ def _badness(row: dict):
 COLUMNS = ("NODE", "STATE", "SEEN", "BACKLOG", "OLDEST", "DROP", "GAPS", "CPU", "DISK", "CLOCK", "VISIT")
 
 
+def _cells(r: dict) -> tuple[str, ...]:
+    """One row's COLUMNS as text, for the plain table and the live one alike."""
+    return (
+        r["node"],
+        r["state"] + (f" ({r['reason']})" if r["reason"] else ""),
+        _age(r["last_seen_age_s"]),
+        "-" if r["backlog"] is None else str(r["backlog"]),
+        "-" if r["oldest_unsent_age_s"] is None else _age(r["oldest_unsent_age_s"]),
+        "-" if r["dropped"] is None else str(r["dropped"]),
+        str(r["seq_gaps"]),
+        "-" if r["cpu_temp_c"] is None else f"{r['cpu_temp_c']:.0f}C" + ("!UV" if r["under_voltage"] else ""),
+        "-" if r["disk_free_mb"] is None else f"{r['disk_free_mb']:.0f}MB",
+        {True: "ok", False: "unsync", None: "-"}[r["clock_synced"]],
+        "; ".join(r["needs_visit"]) or "-",
+    )
+
+
+def summary(rows: list[dict]) -> str:
+    online = sum(1 for r in rows if r["state"] == "online")
+    offline = sum(1 for r in rows if r["state"] == "offline")
+    visit = sum(1 for r in rows if r["needs_visit"])
+    return f"{len(rows)} nodes, {online} online, {offline} offline, {visit} need a visit"
+
+
 def table(rows: list[dict]) -> str:
     """Plain text, aligned columns; the VISIT column lists the reasons (or `-`)."""
-    body = []
-    for r in rows:
-        state = r["state"] + (f" ({r['reason']})" if r["reason"] else "")
-        body.append(
-            (
-                r["node"],
-                state,
-                _age(r["last_seen_age_s"]),
-                "-" if r["backlog"] is None else str(r["backlog"]),
-                "-" if r["oldest_unsent_age_s"] is None else _age(r["oldest_unsent_age_s"]),
-                "-" if r["dropped"] is None else str(r["dropped"]),
-                str(r["seq_gaps"]),
-                "-"
-                if r["cpu_temp_c"] is None
-                else f"{r['cpu_temp_c']:.0f}C" + ("!UV" if r["under_voltage"] else ""),
-                "-" if r["disk_free_mb"] is None else f"{r['disk_free_mb']:.0f}MB",
-                {True: "ok", False: "unsync", None: "-"}[r["clock_synced"]],
-                "; ".join(r["needs_visit"]) or "-",
-            )
-        )
+    body = [_cells(r) for r in rows]
     widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)).rstrip() for b in body]
-    n_visit = sum(1 for r in rows if r["needs_visit"])
-    n_online = sum(1 for r in rows if r["state"] == "online")
-    lines.append(f"{len(rows)} nodes, {n_online} online, {n_visit} need a visit")
+    lines.append(summary(rows))
     return "\n".join(lines)
+
+
+def _colour(row: dict) -> str:
+    if row["needs_visit"]:
+        return "red"
+    return "green" if row["state"] == "online" else "yellow"
+
+
+# A narrow terminal leaves out these figures first, in this order, so that NODE, STATE and the
+# reasons stay readable (rich would squeeze every column into "…" instead).
+FIGURES_LEFT_OUT_FIRST = ("DROP", "CLOCK", "DISK", "CPU", "OLDEST", "GAPS", "BACKLOG", "SEEN")
+VISIT_MIN_WIDTH = 24
+COLUMN_GAP = 3  # rich's padding either side of a column plus the rule between columns
+
+
+def live_table(rows: list[dict], console, title: str):
+    """The `--watch` table (a rich renderable): the rows, worst first, coloured by state, in as
+    many of the COLUMNS as fit the console's width and as many rows as fit its height (rows
+    wrap, so that is measured, not counted); the caption says what is not shown."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    body = [_cells(r) for r in rows]
+    widths = {c: max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(COLUMNS)}
+    columns = list(COLUMNS)
+    for figure in FIGURES_LEFT_OUT_FIRST:
+        if sum(widths[c] + COLUMN_GAP for c in columns if c != "VISIT") + VISIT_MIN_WIDTH <= console.width:
+            break
+        columns.remove(figure)
+    left_out = [c for c in COLUMNS if c not in columns]
+
+    def build(shown: int) -> Table:
+        caption = summary(rows)
+        if shown < len(rows):
+            caption += f"; {len(rows) - shown} more not shown"
+        if left_out:
+            caption += f"; {len(left_out)} more column{'s' * (len(left_out) > 1)} on a wider terminal"
+        t = Table(
+            title=title,
+            caption=caption,
+            title_justify="left",
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+        )
+        for c in columns:
+            t.add_column(c, no_wrap=c not in ("STATE", "VISIT"))
+        for r, cells in zip(rows[:shown], body[:shown], strict=True):
+            text = {c: Text(v) for c, v in zip(COLUMNS, cells, strict=True)}  # not markup: "[Errno 5]"
+            text["STATE"].stylize(_colour(r))
+            if r["needs_visit"]:
+                text["VISIT"].stylize("red")
+            t.add_row(*(text[c] for c in columns))
+        return t
+
+    height = console.height - 1  # the cursor waits on the line below the table
+
+    def fits(shown: int) -> bool:
+        return len(console.render_lines(build(shown), pad=False)) <= height
+
+    if fits(len(rows)):
+        return build(len(rows))
+    lo, hi = 0, min(len(rows), height)  # every row takes a line at least
+    while lo < hi:  # the most rows that fit (fewer rows never take more lines)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return build(lo)
+
+
+def _watch_table(fleet: Fleet, broker: str, stop: threading.Event, out) -> None:
+    """Until `stop` (or Ctrl-C): the live table on a terminal, else the plain table on exit."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(file=out)
+    if not console.is_terminal:
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        out.write(table(fleet.rows()) + "\n")
+        return
+
+    def render():
+        return live_table(fleet.rows(), console, title=f"{broker}  {time.strftime('%H:%M:%S')}")
+
+    # nothing else writes to stdout here, so no need to redirect it (a global) above the table
+    with Live(
+        render(), console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False
+    ) as live:
+        while not stop.wait(1.0):
+            live.update(render(), refresh=True)
 
 
 def _esc(value: str) -> str:
@@ -638,17 +743,13 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
                 return 1
         if args.watch:
             try:
-                while not stop.is_set():
-                    rows = fleet.rows()
-                    text = json.dumps(rows) if args.json else table(rows)
-                    if args.json:
-                        out.write(text + "\n")
-                    else:
-                        out.write(
-                            "\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + args.broker + "\n" + text + "\n"
-                        )
-                    out.flush()
-                    stop.wait(1.0)
+                if args.json:
+                    while not stop.is_set():
+                        out.write(json.dumps(fleet.rows()) + "\n")
+                        out.flush()
+                        stop.wait(1.0)
+                else:
+                    _watch_table(fleet, args.broker, stop, out)
             except KeyboardInterrupt:
                 pass
         else:

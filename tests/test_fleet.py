@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 import pytest
+from rich.console import Console
 
 from edge_node import fleet
 from edge_node.broker import free_port
@@ -239,9 +240,6 @@ def test_prometheus_while_watching(broker):
                     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             except OSError:
                 pass
-        deadline = time.monotonic() + 5  # and the live table has been redrawn with it
-        while "trs-p" not in out.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.1)
     finally:
         stop.set()
         t.join(5)
@@ -255,7 +253,131 @@ def test_prometheus_while_watching(broker):
     assert 'edge_node_needs_visit{node="trs-p"} 1' in body
     assert 'edge_node_malformed_total{node="trs-q"} 1' in body
     assert "# TYPE edge_node_up gauge" in body
-    assert "\x1b[2J" in out.getvalue() and "trs-p" in out.getvalue()
+    # not a terminal: no live table, the plain one once on exit
+    assert out.getvalue().count("NODE") == 1 and "trs-p" in out.getvalue() and "\x1b" not in out.getvalue()
+
+
+def _render(rows: list[dict], *, width: int, height: int) -> tuple[str, str]:
+    """The live table as a terminal of that size shows it: (text, text with colour codes)."""
+    console = Console(
+        file=io.StringIO(),
+        width=width,
+        height=height,
+        force_terminal=True,
+        color_system="standard",
+        record=True,
+    )
+    console.print(fleet.live_table(rows, console, "mqtt://broker  12:00:00"))
+    styled = console.export_text(styles=True, clear=False)
+    return console.export_text(), styled
+
+
+def _injected_fleet(healthy: int = 0) -> fleet.Fleet:
+    f = fleet.Fleet(PREFIX, fleet.Rules(offline_after_s=0))
+
+    def send(node: str, kind: str, payload: dict, retained: bool = False) -> None:
+        f.ingest(f"{PREFIX}/{node}/{kind}", json.dumps(payload).encode(), retained)
+
+    send("trs-gone", "status", {"state": "offline", "reason": "shutdown"}, retained=True)
+    fault = {"bme280": {"state": "fault", "error": "[Errno 121] Remote I/O error"}}
+    send("trs-fault", "heartbeat", heartbeat(sensors=fault))
+    send("trs-fault", "status", {"state": "online"})
+    send("trs-readings", "reading/bme280", {"readings": [{"seq": 1}]})  # unknown: no status yet
+    for i in range(healthy):
+        send(f"trs-{i:03d}", "heartbeat", heartbeat())
+        send(f"trs-{i:03d}", "status", {"state": "online"})
+    return f
+
+
+def test_live_table_lists_every_node_worst_first_with_its_reasons_and_state_colour():
+    rows = _injected_fleet(healthy=2).rows()
+    text, styled = _render(rows, width=200, height=50)
+    lines = [line for line in text.splitlines() if line.lstrip().startswith("trs-")]
+    assert [line.split()[0] for line in lines] == [r["node"] for r in rows]
+    assert [r["node"] for r in rows][:2] == ["trs-gone", "trs-fault"]
+    for row, line in zip(rows, lines, strict=True):
+        assert line.rstrip().endswith("; ".join(row["needs_visit"]) or "-")
+    assert "sensor bme280 fault: [Errno 121] Remote I/O error" in text  # not taken for markup
+    assert text.splitlines()[0].startswith("mqtt://broker  12:00:00")
+    assert "5 nodes, 3 online, 1 offline, 2 need a visit" in text and "not shown" not in text
+    assert "\x1b[31moffline (shutdown)" in styled and "\x1b[31monline" in styled  # needs a visit
+    assert "\x1b[33munknown" in styled and "\x1b[32monline" in styled
+
+
+def test_live_table_on_a_small_terminal_keeps_the_worst_rows_and_the_reasons():
+    rows = _injected_fleet(healthy=20).rows()
+    text, _ = _render(rows, width=80, height=12)
+    assert len(text.splitlines()) <= 11  # a line stays for the cursor
+    shown = [line.split()[0] for line in text.splitlines() if line.lstrip().startswith("trs-")]
+    assert shown == [r["node"] for r in rows][: len(shown)] and shown[:2] == ["trs-gone", "trs-fault"]
+    assert f"{len(rows) - len(shown)} more not shown" in text
+    header = text.splitlines()[1].split()
+    assert header[:2] == ["NODE", "STATE"] and header[-1] == "VISIT" and "DROP" not in header
+    assert "columns on a wider terminal" in text
+    assert "sensor bme280 fault:" in text  # the reason, wrapped rather than cut
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_watch_on_a_terminal_redraws_until_stopped_and_exits_1_on_a_visit(broker, monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("LINES", "30")
+    publish(
+        broker.port,
+        [
+            (f"{PREFIX}/trs-w1/heartbeat", json.dumps(heartbeat(disk_free_mb=1.0)), True),
+            (f"{PREFIX}/trs-w2/heartbeat", json.dumps(heartbeat()), True),
+        ],
+    )
+    stop, out, result = threading.Event(), Terminal(), {}
+    args = _parse("--broker", broker.url, "--watch")
+    t = threading.Thread(target=lambda: result.setdefault("rc", fleet.cmd_fleet(args, stop=stop, out=out)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while out.getvalue().count(broker.url) < 3 and time.monotonic() < deadline:  # 2 refreshes
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(5)
+    assert not t.is_alive() and result["rc"] == 1
+    last = out.getvalue().split(broker.url)[-1]
+    assert last.index("trs-w1") < last.index("trs-w2") and "disk nearly full (1 MB free)" in last
+    assert "2 nodes, 0 online, 0 offline, 1 need a visit" in last
+
+
+def test_watch_piped_prints_the_plain_table_once_on_ctrl_c(broker):
+    publish(broker.port, [(f"{PREFIX}/trs-pipe/heartbeat", json.dumps(heartbeat(cpu_temp_c=90.0)), True)])
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_node",
+        "fleet",
+        "--broker",
+        broker.url,
+        "--watch",
+        "--prometheus",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15  # watching, once its /metrics has heard the node
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                if "trs-pipe" in resp.read().decode():
+                    break
+        except OSError:
+            time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1, err
+    assert out.count("NODE") == 1 and "\x1b" not in out and err == ""
+    assert "CPU hot (90 °C)" in out and out.splitlines()[-1].startswith("1 nodes")
 
 
 def test_unreachable_broker_and_bad_usage(capsys):

@@ -1,10 +1,13 @@
 """The layers of STYLE.md, held by a test: drivers import nothing of ours; simulators only
 drivers; edge_node reaches simulators only through the backend registry (sensors.py); and
-provisioning only through the one CLI entry point."""
+provisioning only through the one CLI entry point. And the daemon never loads rich (the fleet
+view's live table): a node's memory is the daemon's."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,13 @@ def test_each_layer_imports_only_what_it_may(package):
             if (rel, imported) not in EXCEPTIONS:
                 wrong.append(f"{rel} imports {imported}")
     assert wrong == []
+
+
+def test_the_daemon_and_the_cli_never_import_rich():
+    probe = (
+        "import sys, edge_node.cli, edge_node.daemon, edge_node.store, edge_node.forwarder;"
+        "import drivers.pi_health;"
+        "edge_node.cli.build_parser();"  # what `edge-node run` does before it starts the daemon
+        "assert 'rich' not in sys.modules, sorted(m for m in sys.modules if m.startswith('rich'))"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=ROOT, timeout=60)
