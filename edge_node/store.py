@@ -245,14 +245,19 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._reservation_path)
+        _fsync_dir(self._reservation_path.parent)  # the rename too must survive a power cut
         self._reserved = reserved
 
     def close(self) -> None:
+        """Never raises on a failing card, so that the daemon's own error is not masked: acked rows
+        that could not be deleted are sent again after the restart (duplicates, never losses)."""
         if self._db is not None:
             with contextlib.suppress(StoreError):
                 self.flush_acked()
-            self.sync()
-            self._db.close()
+            with contextlib.suppress(StoreError):
+                self.sync()
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
             with contextlib.suppress(OSError):
                 self._reserve(self._next_seq, force=True, clean=True)
             self._db = None
@@ -277,10 +282,13 @@ class Store:
         return self._next_seq
 
     def oldest_unsent_wall(self) -> float | None:
-        cur = self._conn.execute(
-            "SELECT seq, wall FROM readings ORDER BY seq LIMIT ?", (len(self._acked) + 1,)
-        )
-        return next((wall for seq, wall in cur if seq not in self._acked), None)
+        try:
+            cur = self._conn.execute(
+                "SELECT seq, wall FROM readings ORDER BY seq LIMIT ?", (len(self._acked) + 1,)
+            )
+            return next((wall for seq, wall in cur if seq not in self._acked), None)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot read the buffer: {err}") from err
 
     def units_json(self, sensor: str) -> str:
         return self._units.get(sensor, "{}")
@@ -443,8 +451,12 @@ class Store:
     def sync(self) -> None:
         """Make every commit so far survive a power cut (see module docstring). Thread-safe."""
         self.appended_since_sync = False
-        if self._wal_fd is not None:
-            os.fsync(self._wal_fd)
+        try:
+            if self._wal_fd is not None:
+                os.fsync(self._wal_fd)
+        except OSError as err:
+            self.appended_since_sync = True  # still not on the card
+            raise StoreError(f"{self.path}: cannot sync the buffer to the card: {err}") from err
         self.last_sync = time.monotonic()
 
     # -- reading ----------------------------------------------------------------------------
@@ -453,9 +465,20 @@ class Store:
         """Rows with after < seq < before, oldest first."""
         if before is None:
             before = self._next_seq
-        cur = self._conn.execute(
-            "SELECT seq, sensor, wall, mono, boot_id, synced, body FROM readings "
-            "WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-            (after, before, limit),
-        )
-        return list(map(StoredReading._make, cur))
+        try:
+            cur = self._conn.execute(
+                "SELECT seq, sensor, wall, mono, boot_id, synced, body FROM readings "
+                "WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after, before, limit),
+            )
+            return list(map(StoredReading._make, cur))
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot read the buffer: {err}") from err
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
