@@ -265,18 +265,18 @@ class Daemon:
             self.store.append(batch)
         except StoreError as err:
             # Keep sampling into a bounded overflow; oldest first out if the store stays down.
-            if self.health.buffer_error is None:
+            faults = self.health.buffer_faults
+            if "write" not in faults:
                 log.error("%s; holding readings in memory until the buffer takes them", err)
-            self.health.buffer_error = str(err)
+            faults["write"] = str(err)
             lost = max(0, len(batch) - OVERFLOW_ROWS)
             self._overflow = deque(batch[lost:])
             if lost:
                 self.health.lost_in_memory += lost
                 log.error("in-memory overflow full: %d readings lost", lost)
             return
-        if self.health.buffer_error is not None:
+        if self.health.buffer_faults.pop("write", None) is not None:
             log.info("buffer writable again: %d held readings stored", len(self._overflow))
-            self.health.buffer_error = None
             if self.health.lost_in_memory:  # counted where the fleet sees it, for good
                 with contextlib.suppress(StoreError):
                     self.store.add_dropped(self.health.lost_in_memory)
@@ -286,14 +286,25 @@ class Daemon:
 
     async def _sync_store(self) -> None:
         interval = self.config.buffer.sync_interval_s
+        faults = self.health.buffer_faults
         while True:
             await asyncio.sleep(interval)
-            try:
-                if not self.store.appended_since_sync:  # else the acks went with the readings' commits
+            errors = []  # a full or failing card: report, retry next tick
+            if not self.store.appended_since_sync:  # else the acks went with the readings' commits
+                try:
                     self.forwarder.flush_acks()
+                except StoreError as err:
+                    errors.append(str(err))
+            try:  # even if the acks could not go: what is committed must still reach the card
                 await asyncio.to_thread(self.store.sync)
-            except (StoreError, OSError) as err:  # a full or failing card: report, retry next tick
-                log.error("buffer sync: %s", err)
+            except StoreError as err:
+                errors.append(str(err))
+            if errors:
+                if "sync" not in faults:
+                    log.error("%s", "; ".join(errors))
+                faults["sync"] = "; ".join(errors)
+            elif faults.pop("sync", None) is not None:
+                log.info("buffer synced to the card again")
 
     # -- the technician's view (`edge-node status`) ---------------------------------------------
 
@@ -303,16 +314,23 @@ class Daemon:
         runtime = os.environ.get("RUNTIME_DIRECTORY")
         path = Path(runtime.split(":")[0] if runtime else self.config.buffer.path.parent) / STATUS_FILE
         interval = 5.0 if runtime else self.config.health.heartbeat_s
+        failing = False
         while True:
             try:
                 write_json_atomic(path, self._status_snapshot())
+                failing = False
             except OSError as err:
-                log.warning("cannot write %s: %s", path, err)
+                if not failing:  # once, not every heartbeat: the log may live on the same card
+                    log.warning("cannot write %s: %s", path, err)
+                failing = True
             await asyncio.sleep(interval)
 
     def _status_snapshot(self) -> dict:
         fwd, store = self.forwarder, self.store
-        oldest = store.oldest_unsent_wall()
+        try:
+            oldest = store.oldest_unsent_wall()
+        except StoreError:  # a failing card: the forwarder reports it; the rest is still worth showing
+            oldest = None
         return {
             "ts": format_ts(time.time()),
             "pid": os.getpid(),

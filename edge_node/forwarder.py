@@ -36,6 +36,7 @@ FRESH_BOOT_S = 300.0  # a daemon started this soon after boot spreads its first 
 FRESH_BOOT_SPREAD_S = 10.0  # ...over this long  # a session this long resets the reconnect backoff
 MAX_COMMAND_BYTES = 4096
 BACKLOG_FETCH = 10  # backlog rows fetched at a time, in batches: enough for every sensor to fill one
+READ_RETRY_S = 2.0  # after the buffer could not be read (a failing card)
 
 
 def publish_timeout(broker: BrokerConfig) -> float:
@@ -219,19 +220,26 @@ class Forwarder:
         while not self._stopping.is_set():
             self.beat()
             clock = self._clock_view()
-            live = store.fetch(live_after, limit=fwd.max_inflight)
+            try:
+                live = store.fetch(live_after, limit=fwd.max_inflight)
+                if not live and not batches and backlog_after < live_start - 1:
+                    window_rows = store.fetch(
+                        backlog_after, before=live_start, limit=fwd.batch_max * BACKLOG_FETCH
+                    )
+                    backlog_after = window_rows[-1].seq if window_rows else live_start - 1
+                    batches.extend(group_batches(window_rows, clock, fwd.batch_max))
+            except StoreError as err:  # a failing card: keep the session, so heartbeats report it
+                self._read_failed(err)
+                await self._sleep(READ_RETRY_S)
+                continue
+            if self.health.buffer_faults.pop("read", None) is not None:
+                log.info("buffer readable again")
             if live:
                 for rows, texts in group_batches(live, clock, 1):
                     await window.acquire()
                     tg.create_task(self._send(client, window, rows, texts, backfill=False))
                     live_after = max(live_after, rows[-1].seq)
                 continue
-            if not batches and backlog_after < live_start - 1:
-                window_rows = store.fetch(
-                    backlog_after, before=live_start, limit=fwd.batch_max * BACKLOG_FETCH
-                )
-                backlog_after = window_rows[-1].seq if window_rows else live_start - 1
-                batches.extend(group_batches(window_rows, clock, fwd.batch_max))
             if batches:
                 rows, texts = batches[0]
                 wait = bucket.delay_for(len(rows))
@@ -253,6 +261,11 @@ class Forwarder:
         except TimeoutError:
             log.warning("stopping with messages still awaiting PUBACK; they will be sent again")
 
+    def _read_failed(self, err: StoreError) -> None:
+        if "read" not in self.health.buffer_faults:
+            log.error("%s; retrying", err)
+        self.health.buffer_faults["read"] = str(err)
+
     async def _wait_new_data(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.new_data.wait(), seconds)
@@ -271,7 +284,7 @@ class Forwarder:
         self.seq_sent = max(self.seq_sent, rows[-1].seq)
         self.last_publish = time.time()
         if self.store.acked_waiting >= ACK_FLUSH_ROWS:
-            self.flush_acks()
+            self._flush_acks_safely()
 
     def _clock_view(self) -> ClockView:
         return ClockView(self._boot_id, clock_synced(self.clock_root), time.time(), boottime())
@@ -280,10 +293,15 @@ class Forwarder:
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
+            try:
+                oldest = self.store.oldest_unsent_wall()
+            except StoreError as err:  # the heartbeat goes all the same: it carries the fault
+                self._read_failed(err)
+                oldest = None
             payload = self.health.heartbeat(
                 seq_sent=self.seq_sent,
                 backlog=self.store.backlog,
-                oldest_unsent_wall=self.store.oldest_unsent_wall(),
+                oldest_unsent_wall=oldest,
                 dropped=self.store.dropped,
             )
             await client.publish(f"{self.root}/heartbeat", payload, qos=1, retain=True)

@@ -38,7 +38,10 @@ class Health:
     started_mono: float = field(default_factory=time.monotonic)
     started_iso: str = field(default_factory=now_iso)
     boot_id: str = field(default_factory=boot_id)
-    buffer_error: str | None = None  # the buffer cannot be written (disk full, I/O error)
+    # What fails on the buffer (disk full, I/O errors), by whoever saw it: "write" (the store
+    # writer), "read" (the forwarder), "sync" (the syncer). Each clears only its own, so that a
+    # card that still fails one way is not reported healthy by a success of another kind.
+    buffer_faults: dict[str, str] = field(default_factory=dict)
     lost_in_memory: int = 0  # readings dropped from the in-memory overflow meanwhile
 
     def sensor(self, name: str) -> SensorState:
@@ -54,6 +57,10 @@ class Health:
     def fault(self, name: str, error: str) -> None:
         s = self.sensor(name)
         s.state, s.error = "fault", error
+
+    @property
+    def buffer_error(self) -> str | None:
+        return "; ".join(self.buffer_faults.values()) or None
 
     def status_online(self) -> bytes:
         return _dump(
@@ -85,8 +92,8 @@ class Health:
             "sensors": {name: s.as_json() for name, s in self.sensors.items()},
             "host": self.host_vitals(),
         }
-        if self.buffer_error is not None:  # edge-node extension: the buffer's own fault
-            beat["buffer"] = {"state": "fault", "error": self.buffer_error}
+        if error := self.buffer_error:  # edge-node extension: the buffer's own fault
+            beat["buffer"] = {"state": "fault", "error": error}
         return _dump(beat)
 
 
