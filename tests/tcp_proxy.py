@@ -1,5 +1,6 @@
 """A TCP proxy the tests control: forward, or blackhole (keep every connection open and drop
-every byte, as a dead mobile link does, rather than refuse it)."""
+every byte, as a dead mobile link does, rather than refuse it); and, apart from that, refuse
+new connections (stop listening, as a host whose broker is down) or admit them again."""
 
 from __future__ import annotations
 
@@ -15,25 +16,44 @@ class BlackholeProxy:
         self.port = free_port()
         self.forwarding = threading.Event()
         self.forwarding.set()
-        self._server = socket.create_server(("127.0.0.1", self.port))
+        # Held while a byte is being forwarded, so that partition() can wait for the last one.
+        self._forward_lock = threading.Lock()
         self._stop = threading.Event()
-        self._sockets: list[socket.socket] = [self._server]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._sockets: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.admit()
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def partition(self) -> None:
+        """Blackhole; on return no byte passes any more, not even one that was being forwarded."""
         self.forwarding.clear()
+        with self._forward_lock:
+            pass
 
     def heal(self) -> None:
         self.forwarding.set()
 
-    def _accept(self) -> None:
+    def refuse(self) -> None:
+        """Stop listening: a new connection is refused at once; those open are left as they are."""
+        if self._server:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            self._server.close()
+            self._server = None
+
+    def admit(self) -> None:
+        """Listen (again) on the same port."""
+        if not self._server:
+            self._server = socket.create_server(("127.0.0.1", self.port))
+            self._sockets.append(self._server)
+            threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                client, _ = self._server.accept()
+                client, _ = server.accept()
             except OSError:
                 return
             self._sockets.append(client)
@@ -60,7 +80,9 @@ class BlackholeProxy:
                 break
             if not data:
                 break
-            if self.forwarding.is_set():  # else dropped on the floor
+            with self._forward_lock:
+                if not self.forwarding.is_set():
+                    continue  # dropped on the floor
                 try:
                     dst.sendall(data)
                 except OSError:
