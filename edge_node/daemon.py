@@ -30,7 +30,7 @@ from .health import Health
 from .notify import Notifier
 from .quality import NodeAir, refine, units_with_corrections
 from .sensors import Simulation, build_drivers, check_faults, host_root
-from .store import NewReading, Store, StoreError
+from .store import BufferPathError, NewReading, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,19 @@ class Daemon:
         self.ready = asyncio.Event()
         self.air = NodeAir()
         self._overflow: deque[NewReading] = deque()
+        self._units: dict[str, dict[str, str]] = {}  # each sensor's, recorded in the buffer when it opens
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         self.notifier.extend_timeout(STORE_OPEN_BUDGET_S, f"checking the buffer {cfg.buffer.path}")
-        self.store.open()
+        try:
+            self.store.open()
+            store_error = None
+        except BufferPathError:
+            raise  # a setup error: `edge-node run` says so and exits
+        except StoreError as err:  # a failing card: sample into memory, report it, retry the open
+            log.error("%s; holding readings in memory until the buffer opens", err)
+            store_error = str(err)
         sim = Simulation(cfg.simulation.seed, cfg.simulation.faults)
         try:
             drivers = build_drivers(cfg, sim)
@@ -114,8 +122,12 @@ class Daemon:
             disk = str(cfg.buffer.path.parent)
             self.health = Health(config_hash=cfg.config_hash, host_vitals=lambda: host_vitals(root, disk))
             for name, driver in drivers.items():
-                self.store.set_units(name, units_with_corrections(driver.units))
+                self._units[name] = units_with_corrections(driver.units)
                 self.health.sensor(name)
+            if store_error is None:
+                self._store_units()
+            else:
+                self.health.buffer_faults["write"] = store_error
             self.forwarder = Forwarder(
                 node_id=cfg.node.id,
                 topic_root=cfg.topic_root,
@@ -259,9 +271,18 @@ class Daemon:
             batch = [*self._overflow, *(i for i in items if i is not None)]
             if batch:
                 self._commit(batch)
+        if self._overflow:
+            log.error("stopping: %d readings held in memory never reached the buffer", len(self._overflow))
+
+    def _store_units(self) -> None:
+        for name, units in self._units.items():
+            self.store.set_units(name, units)
 
     def _commit(self, batch: list[NewReading]) -> None:
         try:
+            if not self.store.is_open:  # it could not be opened at start: try again
+                self.store.open()
+                self._store_units()
             self.store.append(batch)
         except StoreError as err:
             # Keep sampling into a bounded overflow; oldest first out if the store stays down.

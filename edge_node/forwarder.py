@@ -212,11 +212,14 @@ class Forwarder:
     async def _pump(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         store, fwd = self.store, self.forward
         window = asyncio.Semaphore(fwd.max_inflight)
-        live_start = store.next_seq  # rows below it are the backlog, rows from it on are live
-        live_after = live_start - 1
         backlog_after = 0  # backlog rows up to here are fetched: sent, or waiting in `batches`
         batches: deque[tuple[list[StoredReading], list[str]]] = deque()
         bucket = TokenBucket(fwd.backfill_rate, fwd.batch_max)
+        while not store.is_open and not self._stopping.is_set():  # a failing card at start
+            self.beat()
+            await self._wait_new_data(IDLE_TICK_S)  # the store writer opens it, then sets new_data
+        live_start = store.next_seq  # rows below it are the backlog, rows from it on are live
+        live_after = live_start - 1
         while not self._stopping.is_set():
             self.beat()
             clock = self._clock_view()
@@ -294,7 +297,7 @@ class Forwarder:
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
             try:
-                oldest = self.store.oldest_unsent_wall()
+                oldest = self.store.oldest_unsent_wall() if self.store.is_open else None
             except StoreError as err:  # the heartbeat goes all the same: it carries the fault
                 self._read_failed(err)
                 oldest = None

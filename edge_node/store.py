@@ -20,6 +20,7 @@ written back too; the daemon is the buffer's only user while it runs).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -56,6 +57,11 @@ ROW_OVERHEAD = 72
 
 class StoreError(Exception):
     """The buffer cannot be opened or written."""
+
+
+class BufferPathError(StoreError):
+    """The buffer's path cannot be used at all (not a directory, no permission): a setup error to
+    fix and say so, not a failing card to wait out."""
 
 
 class CorruptBuffer(StoreError):
@@ -129,15 +135,50 @@ class Store:
 
     # -- life cycle -------------------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
     def open(self) -> None:
-        """Open (or create) the buffer; a corrupt file is moved aside and a new one started."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the buffer; a corrupt file is moved aside and a new one started.
+
+        Raises StoreError, leaving the store closed, when the card cannot be read or written:
+        the caller keeps sampling into memory and tries again later."""
         try:
-            fresh = self._open_db()
-        except CorruptBuffer as err:
-            self.moved_aside = self._move_aside()
-            log.error("%s; moved aside to %s, starting a new buffer", err, self.moved_aside)
-            fresh = self._open_db()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if err.errno in (errno.EIO, errno.EROFS, errno.ENOSPC):  # the card, not the setup
+                raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+            raise BufferPathError(f"{self.path.parent}: cannot hold the buffer: {err.strerror}") from err
+        try:
+            try:
+                fresh = self._open_db()
+            except CorruptBuffer as err:
+                self._check_readable()  # a card that fails reads is not a corrupt file: keep it
+                self.moved_aside = self._move_aside()
+                log.error("%s; moved aside to %s, starting a new buffer", err, self.moved_aside)
+                fresh = self._open_db()
+        except OSError as err:
+            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+        try:
+            self._continue_seq(fresh)
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except (StoreError, OSError) as err:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._db = None
+            if isinstance(err, StoreError):
+                raise
+            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+        log.info(
+            "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
+            self.path,
+            self._rows,
+            self._next_seq,
+            self._dropped,
+        )
+
+    def _continue_seq(self, fresh: bool) -> None:
         reservation = self._read_reservation()
         reserved = reservation.get("reserved", 0)
         # After a clean stop, or a crash of this process only (the page cache kept every commit),
@@ -156,26 +197,36 @@ class Store:
             self._reserve(self._next_seq, force=True)
         except OSError as err:  # e.g. a full disk: appends will retry, and fail as StoreError
             log.error("%s: cannot write: %s", self._reservation_path, err)
-        self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        log.info(
-            "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
-            self.path,
-            self._rows,
-            self._next_seq,
-            self._dropped,
-        )
+
+    def _check_readable(self) -> None:
+        """Read the buffer's files through: EIO means a failing card, which quick_check can report
+        as a malformed database; moving the file aside would then abandon readings for nothing."""
+        for suffix in ("", "-wal"):
+            try:
+                with open(f"{self.path}{suffix}", "rb", buffering=0) as f:
+                    while f.read(1 << 20):
+                        pass
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise StoreError(f"{self.path}{suffix}: cannot read: {err}") from err
 
     def _open_db(self) -> bool:
         """Connect, check, load counters; True when the buffer is new (no seq ever used)."""
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as err:
+            if not os.access(self.path.parent, os.W_OK | os.X_OK):
+                raise BufferPathError(f"{self.path}: cannot open buffer: {err}") from err
             raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
         try:
             db.execute("PRAGMA page_size=512")
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # 256 KiB of page cache, not 2 MiB: draining 1M rows reads each page once, and the
+            # kernel caches the file anyway; this keeps the daemon's RSS within 5 MB of idle.
+            db.execute("PRAGMA cache_size=-256")
             db.execute("PRAGMA journal_size_limit=4194304")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -223,9 +274,8 @@ class Store:
             text = self._reservation_path.read_text().strip()
         except FileNotFoundError:
             return {}
-        except OSError as err:
-            log.warning("%s: unreadable (%s); relying on the buffer alone", self._reservation_path, err)
-            return {}
+        except OSError as err:  # a failing card: without it a new buffer could reuse seqs
+            raise StoreError(f"{self._reservation_path}: cannot read: {err}") from err
         try:
             data = json.loads(text)
             return data if isinstance(data, dict) else {"reserved": int(data)}
@@ -304,8 +354,11 @@ class Store:
     def set_units(self, sensor: str, units: Mapping[str, str]) -> None:
         encoded = json.dumps(dict(units), sort_keys=True, separators=(",", ":"))
         if self._units.get(sensor) != encoded:
-            self._conn.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (sensor, encoded))
-            self._units[sensor] = encoded
+            self._units[sensor] = encoded  # what goes on the wire; the stored copy is for after a restart
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (sensor, encoded))
+            except sqlite3.Error as err:  # written again at the next start, which reads the old copy
+                log.warning("%s: cannot record %s's units: %s", self.path, sensor, err)
 
     def append(self, readings: list[NewReading]) -> list[int]:
         """Commit readings in one transaction; returns their seqs."""

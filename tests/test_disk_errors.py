@@ -264,3 +264,81 @@ def test_a_failed_seq_reservation_never_lets_a_seq_be_reused(card):
     last_used, next_after_loss = map(int, seqs.split())
     assert last_used == 10_000, "the failed append took no seq"
     assert next_after_loss > last_used
+
+
+def test_a_card_failing_at_start_is_waited_out_not_crash_looped(
+    tmp_path, broker, recorder_factory, daemons, card
+):
+    """The buffer cannot even be opened: the daemon still starts, samples into memory, reports the
+    fault, opens the buffer once the card answers, and goes on from the seq it had reached."""
+    c = card("write,sync,read")
+    rec = recorder_factory(broker.port)
+    config = write_config(tmp_path, broker.url)
+    first = start_daemon(config, env=c.env)
+    daemons.append(first)
+    rec.wait_seq(4, timeout=30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    before = max(rec.seqs())
+
+    c.fail()
+    proc = start_daemon(config, env=c.env)
+    daemons.append(proc)
+    error = _wait_buffer_fault(rec, proc)
+    assert "cannot open buffer" in error and _names_io_error(error), error
+    time.sleep(4)  # readings taken meanwhile are held in memory
+    assert proc.poll() is None
+    c.heal()
+    _wait_recovered(rec)
+    _audit(rec, proc)
+    assert max(rec.seqs()) > before + 4
+    assert not list(c.state.glob("*corrupt*")), "a failing card is not a corrupt buffer"
+
+
+CORRUPT_BUT_UNREADABLE_SCRIPT = """
+import pathlib, sys
+from edge_node.store import NewReading, Store, StoreError
+
+state, switch = map(pathlib.Path, sys.argv[1:])
+db = state / "buffer.db"
+def store():
+    return Store(db, max_rows=10**6, max_bytes=10**9, sync_interval_s=1)
+s = store()
+s.open()
+s.append([NewReading("t", {"v": float(i)}, (), 0.0, 0.0, "boot", True) for i in range(2000)])
+s.close()
+with open(db, "r+b") as f:  # damage the middle of the table, keep the header
+    f.seek(db.stat().st_size // 2)
+    f.write(b"\\xa5" * 2048)
+switch.touch()  # and the card fails reads that do not go through SQLite
+s = store()
+try:
+    s.open()
+    sys.exit("opened a corrupt buffer")
+except StoreError as err:
+    print(err)
+print(sorted(p.name for p in state.iterdir()))
+switch.unlink()
+s = store()
+s.open()
+print(s.moved_aside is not None)
+s.close()
+"""
+
+
+def test_a_corrupt_looking_buffer_on_an_unreadable_card_is_not_moved_aside(card):
+    """quick_check can call a card's read errors corruption: the file is moved aside only when it
+    reads back whole, so a failing card's readings are not abandoned for nothing."""
+    c = card("plainread")
+    probe = subprocess.run(
+        [sys.executable, "-c", CORRUPT_BUT_UNREADABLE_SCRIPT, str(c.state), str(c.switch)],
+        env={**os.environ, **c.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    error, files, moved_when_readable = probe.stdout.strip().splitlines()
+    assert "cannot read" in error and _names_io_error(error), error
+    assert "corrupt" not in files, files
+    assert moved_when_readable == "True", "a readable corrupt buffer is still moved aside"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from edge_node.store import NewReading, Store
+from edge_node.store import BufferPathError, NewReading, Store, StoreError
 
 
 def reading(sensor: str = "bme280", value: float = 20.0, quality: tuple[str, ...] = ()) -> NewReading:
@@ -161,8 +161,9 @@ def test_an_unreadable_directory_is_an_error_not_a_move(tmp_path):
         tmp_path / "missing-dir-is-a-file" / "buffer.db", max_rows=1000, max_bytes=10**8, sync_interval_s=1
     )
     (tmp_path / "missing-dir-is-a-file").write_text("")
-    with pytest.raises(OSError):
+    with pytest.raises(BufferPathError, match="missing-dir-is-a-file: cannot hold the buffer"):
         store.open()
+    assert not store.is_open
 
 
 def test_acknowledged_rows_leave_with_the_next_commit(open_store):
@@ -217,3 +218,13 @@ def test_a_crash_in_this_boot_continues_from_the_buffer(open_store, tmp_path):
     record = _reservation(tmp_path)
     (tmp_path / "buffer.db.seq").write_text(json.dumps({**record, "reserved": 500, "clean": False}))
     assert open_store().append([reading()]) == [4], "SIGKILL loses no commit: no gap needed"
+
+
+def test_an_unreadable_seq_reservation_keeps_the_buffer_closed(tmp_path):
+    """Without its reservation a new buffer could reuse seqs: better to wait for the card (the
+    daemon samples into memory meanwhile) than to guess."""
+    (tmp_path / "buffer.db.seq").mkdir()  # reading it fails as a failing card's read would (an OSError)
+    store = Store(tmp_path / "buffer.db", max_rows=1000, max_bytes=10**8, sync_interval_s=1)
+    with pytest.raises(StoreError, match=r"buffer\.db\.seq: cannot read"):
+        store.open()
+    assert not store.is_open

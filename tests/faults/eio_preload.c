@@ -5,6 +5,8 @@
  * While the file EIO_SWITCH exists, calls on file descriptors whose path starts with EIO_PREFIX
  * fail with EIO, as a dying card's do. EIO_CALLS picks which (default "write,sync"):
  *   write: write pwrite pwrite64    sync: fsync fdatasync    read: read pread pread64
+ *   plainread: read alone, which SQLite never uses: the buffer reads fine through SQLite but
+ *              not through a Python file object (to test what the store does besides SQLite)
  * That covers this node's disk I/O: SQLite 3.40 reaches its files only through pwrite64, pread64
  * and fdatasync (its own syscall table, resolved through the PLT, so preloading interposes it),
  * and Python's file objects and os.fsync through write, read and fsync. No one here uses
@@ -20,7 +22,16 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum { WRITE = 1, SYNC = 2, READ = 4 };
+enum { WRITE = 1, SYNC = 2, READ = 4, PLAIN_READ = 8 };
+
+static int has_token(const char *list, const char *token) /* "a,b,c" holds token exactly */
+{
+    size_t n = strlen(token);
+    for (const char *p = list; (p = strstr(p, token)); p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
 
 static int should_fail(int fd, int kind)
 {
@@ -32,8 +43,8 @@ static int should_fail(int fd, int kind)
             calls = "write,sync";
         prefix = getenv("EIO_PREFIX");
         sw = getenv("EIO_SWITCH");
-        kinds = (strstr(calls, "write") ? WRITE : 0) | (strstr(calls, "sync") ? SYNC : 0) |
-                (strstr(calls, "read") ? READ : 0);
+        kinds = (has_token(calls, "write") ? WRITE : 0) | (has_token(calls, "sync") ? SYNC : 0) |
+                (has_token(calls, "read") ? READ : 0) | (has_token(calls, "plainread") ? PLAIN_READ : 0);
     }
     if (!(kinds & kind) || !prefix || !sw)
         return 0;
@@ -91,7 +102,7 @@ int fdatasync(int fd)
 ssize_t read(int fd, void *buf, size_t n)
 {
     REAL(read);
-    FAIL_IF(fd, READ);
+    FAIL_IF(fd, READ | PLAIN_READ);
     return real(fd, buf, n);
 }
 
