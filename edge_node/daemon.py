@@ -365,6 +365,7 @@ class Daemon:
             "backlog": store.backlog,
             "oldest_unsent_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
             "dropped": store.dropped,
+            "buffer_fault": self.health.buffer_error,  # None while the card is fine
             "sensors": {
                 name: {**s.as_json(), "last_values": s.last_values} for name, s in self.health.sensors.items()
             },

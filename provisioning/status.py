@@ -162,6 +162,9 @@ def node_status(config: Config, *, now: float | None = None) -> dict[str, Any]:
     if current and not connected:
         problems.append(f"broker {broker.get('url', config.broker.url)} not connected")
 
+    if current and data.get("buffer_fault"):
+        problems.append(f"buffer in fault: {data['buffer_fault']}")
+
     sensors: dict[str, dict[str, Any]] = {}
     reported = data.get("sensors") or {}
     for name in dict.fromkeys([*config.sensors, *reported]):

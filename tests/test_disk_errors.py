@@ -7,6 +7,7 @@ The failure is injected by tests/faults/eio_preload.c (LD_PRELOAD), switched on 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -205,12 +206,26 @@ def test_errors_while_a_backlog_drains_lose_nothing(
 def test_a_failing_wal_fsync_is_reported_and_not_fatal(tmp_path, broker, recorder_factory, daemons, card):
     c = card("sync")
     rec = recorder_factory(broker.port)
-    proc = start_daemon(write_config(tmp_path, broker.url), env=c.env)
+    config = write_config(tmp_path, broker.url)
+    proc = start_daemon(config, env=c.env)
     daemons.append(proc)
     rec.wait_seq(4, timeout=30)
     c.fail()
     error = _wait_buffer_fault(rec, proc)
     assert _names_io_error(error) and "sync" in error, error
+    deadline = time.monotonic() + 20
+    while True:  # what the technician sees on the node, once status.json has caught up
+        status = subprocess.run(
+            [sys.executable, "-m", "edge_node", "status", "-c", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        problems = json.loads(status.stdout)["problems"]
+        if any(p.startswith("buffer in fault:") for p in problems) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status.returncode == 1 and any(p.startswith("buffer in fault:") for p in problems), problems
     seq = max(rec.seqs())
     rec.wait_seq(seq + 4, timeout=30)  # readings are still stored and sent meanwhile
     c.heal()
