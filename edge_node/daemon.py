@@ -101,6 +101,7 @@ class Daemon:
         self.air = NodeAir()
         self._overflow: deque[NewReading] = deque()
         self._units: dict[str, dict[str, str]] = {}  # each sensor's, recorded in the buffer when it opens
+        self._open_again_at = 0.0  # monotonic time of the next try while the buffer cannot be opened
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -127,7 +128,7 @@ class Daemon:
             if store_error is None:
                 self._store_units()
             else:
-                self.health.buffer_faults["write"] = store_error
+                self.health.buffer_faults["open"] = store_error
             self.forwarder = Forwarder(
                 node_id=cfg.node.id,
                 topic_root=cfg.topic_root,
@@ -185,7 +186,7 @@ class Daemon:
                 forwarder.cancel()
             for task in helpers:
                 task.cancel()
-        self.forwarder.flush_acks()
+        self.forwarder.flush_acks_safely()
         for driver in drivers.values():
             with contextlib.suppress(Exception):
                 driver.close()
@@ -261,49 +262,72 @@ class Daemon:
         while not done:
             beat()
             items = []
+            retrying = self._overflow or not self.store.is_open
             try:
-                items.append(await asyncio.wait_for(queue.get(), STORE_RETRY_S if self._overflow else 1.0))
+                items.append(await asyncio.wait_for(queue.get(), STORE_RETRY_S if retrying else 1.0))
             except TimeoutError:
                 pass
             while not queue.empty():
                 items.append(queue.get_nowait())
             done = None in items
+            if not self.store.is_open and not done and time.monotonic() >= self._open_again_at:
+                await self._open_store(beat)  # it could not be opened: try again, readings or not
             batch = [*self._overflow, *(i for i in items if i is not None)]
             if batch:
                 self._commit(batch)
         if self._overflow:
             log.error("stopping: %d readings held in memory never reached the buffer", len(self._overflow))
 
+    async def _open_store(self, beat) -> None:
+        """Open the buffer in a thread (quick_check of a big buffer on a card takes minutes),
+        beating meanwhile so that the watchdog does not kill what is held in memory."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self.store.open))
+        while not opening.done():
+            beat()
+            await asyncio.wait({opening}, timeout=1.0)
+        try:
+            opening.result()
+        except StoreError as err:
+            self.health.buffer_faults["open"] = str(err)
+            self._open_again_at = time.monotonic() + STORE_RETRY_S
+            return
+        self._store_units()
+        if self.health.buffer_faults.pop("open", None) is not None:
+            log.info("buffer opened: %d readings held in memory go to it", len(self._overflow))
+        self.forwarder.new_data.set()
+
     def _store_units(self) -> None:
         for name, units in self._units.items():
             self.store.set_units(name, units)
 
     def _commit(self, batch: list[NewReading]) -> None:
+        if not self.store.is_open:
+            self._hold(batch)
+            return
         try:
-            if not self.store.is_open:  # it could not be opened at start: try again
-                self.store.open()
-                self._store_units()
             self.store.append(batch)
         except StoreError as err:
-            # Keep sampling into a bounded overflow; oldest first out if the store stays down.
-            faults = self.health.buffer_faults
-            if "write" not in faults:
+            if "write" not in self.health.buffer_faults:
                 log.error("%s; holding readings in memory until the buffer takes them", err)
-            faults["write"] = str(err)
-            lost = max(0, len(batch) - OVERFLOW_ROWS)
-            self._overflow = deque(batch[lost:])
-            if lost:
-                self.health.lost_in_memory += lost
-                log.error("in-memory overflow full: %d readings lost", lost)
+            self.health.buffer_faults["write"] = str(err)
+            self._hold(batch)
             return
         if self.health.buffer_faults.pop("write", None) is not None:
             log.info("buffer writable again: %d held readings stored", len(self._overflow))
-            if self.health.lost_in_memory:  # counted where the fleet sees it, for good
-                with contextlib.suppress(StoreError):
-                    self.store.add_dropped(self.health.lost_in_memory)
-                    self.health.lost_in_memory = 0
+        if self.health.lost_in_memory:  # counted where the fleet sees it, for good
+            with contextlib.suppress(StoreError):
+                self.store.add_dropped(self.health.lost_in_memory)
+                self.health.lost_in_memory = 0
         self._overflow.clear()
         self.forwarder.new_data.set()
+
+    def _hold(self, batch: list[NewReading]) -> None:
+        """Keep sampling into a bounded overflow; oldest first out if the store stays down."""
+        lost = max(0, len(batch) - OVERFLOW_ROWS)
+        self._overflow = deque(batch[lost:])
+        if lost:
+            self.health.lost_in_memory += lost
+            log.error("in-memory overflow full: %d readings lost", lost)
 
     async def _sync_store(self) -> None:
         interval = self.config.buffer.sync_interval_s

@@ -125,7 +125,7 @@ class Forwarder:
                 log.error("broker session failed", exc_info=group.exceptions[0])
             finally:
                 self.connected = False
-                self._flush_acks_safely()
+                self.flush_acks_safely()
             if self._stopping.is_set():
                 break
             # Back off from the start only after a session that lasted: a broker that accepts and
@@ -142,7 +142,7 @@ class Forwarder:
         else:
             log.warning("broker %s: cannot connect: %s", self.broker.url, err)
 
-    def _flush_acks_safely(self) -> None:
+    def flush_acks_safely(self) -> None:
         try:
             self.flush_acks()
         except StoreError as err:  # the acks stay in memory and go with a later commit
@@ -287,7 +287,7 @@ class Forwarder:
         self.seq_sent = max(self.seq_sent, rows[-1].seq)
         self.last_publish = time.time()
         if self.store.acked_waiting >= ACK_FLUSH_ROWS:
-            self._flush_acks_safely()
+            self.flush_acks_safely()
 
     def _clock_view(self) -> ClockView:
         return ClockView(self._boot_id, clock_synced(self.clock_root), time.time(), boottime())

@@ -130,6 +130,7 @@ class Store:
         self._reserved = 0
         self._acked: set[int] = set()
         self.appended_since_sync = False
+        self._sync_failed = False
         self.moved_aside: Path | None = None
         self.last_sync = time.monotonic()
 
@@ -143,33 +144,34 @@ class Store:
         """Open (or create) the buffer; a corrupt file is moved aside and a new one started.
 
         Raises StoreError, leaving the store closed, when the card cannot be read or written:
-        the caller keeps sampling into memory and tries again later."""
+        the caller keeps sampling into memory and tries again later. May take minutes on a big
+        buffer (quick_check): the daemon runs it in a thread. `is_open` turns true only at the
+        very end, when `next_seq` is final."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             if err.errno in (errno.EIO, errno.EROFS, errno.ENOSPC):  # the card, not the setup
                 raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
             raise BufferPathError(f"{self.path.parent}: cannot hold the buffer: {err.strerror}") from err
+        db = None
         try:
             try:
-                fresh = self._open_db()
+                db, fresh = self._open_db()
             except CorruptBuffer as err:
                 self._check_readable()  # a card that fails reads is not a corrupt file: keep it
                 self.moved_aside = self._move_aside()
                 log.error("%s; moved aside to %s, starting a new buffer", err, self.moved_aside)
-                fresh = self._open_db()
-        except OSError as err:
-            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
-        try:
+                db, fresh = self._open_db()
             self._continue_seq(fresh)
             self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        except (StoreError, OSError) as err:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._db = None
-            if isinstance(err, StoreError):
-                raise
-            raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+        except BaseException as err:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            if isinstance(err, OSError):
+                raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
+            raise
+        self._db = db
         log.info(
             "buffer %s: %d rows waiting, next seq %d, %d dropped so far",
             self.path,
@@ -211,12 +213,12 @@ class Store:
             except OSError as err:
                 raise StoreError(f"{self.path}{suffix}: cannot read: {err}") from err
 
-    def _open_db(self) -> bool:
-        """Connect, check, load counters; True when the buffer is new (no seq ever used)."""
+    def _open_db(self) -> tuple[sqlite3.Connection, bool]:
+        """Connect, check, load counters; and whether the buffer is new (no seq ever used)."""
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as err:
-            if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            if not os.access(self.path.parent, os.W_OK | os.X_OK) and not _read_only(self.path.parent):
                 raise BufferPathError(f"{self.path}: cannot open buffer: {err}") from err
             raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
         try:
@@ -251,8 +253,7 @@ class Store:
         self._dropped = dropped[0] if dropped else 0
         self._rows, self._bytes = rows, data + rows * ROW_OVERHEAD
         self._units = units
-        self._db = db
-        return hwm is None and top is None
+        return db, hwm is None and top is None
 
     def _move_aside(self) -> Path:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -271,15 +272,19 @@ class Store:
 
     def _read_reservation(self) -> dict:
         try:
-            text = self._reservation_path.read_text().strip()
+            raw = self._reservation_path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as err:  # a failing card: without it a new buffer could reuse seqs
             raise StoreError(f"{self._reservation_path}: cannot read: {err}") from err
         try:
-            data = json.loads(text)
-            return data if isinstance(data, dict) else {"reserved": int(data)}
-        except ValueError as err:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                data = {"reserved": data}
+            if type(data.get("reserved", 0)) is not int:
+                raise ValueError(f"reserved is {data.get('reserved')!r}, not an integer")
+            return data
+        except ValueError as err:  # damaged, not unreadable: the buffer alone still knows its seqs
             log.warning("%s: unreadable (%s); relying on the buffer alone", self._reservation_path, err)
             return {}
 
@@ -304,12 +309,18 @@ class Store:
         if self._db is not None:
             with contextlib.suppress(StoreError):
                 self.flush_acked()
-            with contextlib.suppress(StoreError):
+            # A stop is clean only if every commit reached the card: else a power cut could still
+            # take seqs already sent, and the next start must continue above the reservation.
+            clean = not self._sync_failed
+            try:
                 self.sync()
-            with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            with contextlib.suppress(OSError):
-                self._reserve(self._next_seq, force=True, clean=True)
+            except (StoreError, sqlite3.Error) as err:
+                log.error("%s: closing: %s", self.path, err)
+                clean = False
+            if clean:
+                with contextlib.suppress(OSError):
+                    self._reserve(self._next_seq, force=True, clean=True)
             self._db = None
         if self._wal_fd is not None:
             os.close(self._wal_fd)
@@ -509,6 +520,9 @@ class Store:
                 os.fsync(self._wal_fd)
         except OSError as err:
             self.appended_since_sync = True  # still not on the card
+            # and maybe never: Linux may drop the pages a failed fsync left, so a later fsync that
+            # succeeds proves nothing about them; the stop can no longer be called clean
+            self._sync_failed = True
             raise StoreError(f"{self.path}: cannot sync the buffer to the card: {err}") from err
         self.last_sync = time.monotonic()
 
@@ -533,5 +547,16 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # a file system that cannot sync a directory (vfat, some FUSE)
+            raise
     finally:
         os.close(fd)
+
+
+def _read_only(path: Path) -> bool:
+    """A card the kernel remounted read-only after errors: a fault to report, not a setup error."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_node.store import NewReading, Store
+
 from .conftest import gaps, start_daemon, write_config
 
 SHIM_SOURCE = Path(__file__).parent / "faults" / "eio_preload.c"
@@ -357,3 +359,66 @@ def test_a_corrupt_looking_buffer_on_an_unreadable_card_is_not_moved_aside(card)
     assert "cannot read" in error and _names_io_error(error), error
     assert "corrupt" not in files, files
     assert moved_when_readable == "True", "a readable corrupt buffer is still moved aside"
+
+
+def test_the_buffer_is_opened_when_the_card_heals_even_with_no_reading_to_store(
+    tmp_path, broker, recorder_factory, daemons, card
+):
+    """Its only sensor is in fault too, so nothing arrives to be stored: the open is still retried,
+    and the backlog an earlier run left is delivered."""
+    c = card("write,sync,read")
+    store = Store(c.state / "buffer.db", max_rows=10**6, max_bytes=10**9, sync_interval_s=1)
+    store.open()
+    store.append([NewReading("bme280", {"temperature": 20.0}, (), time.time(), 1.0, "b", True)] * 20)
+    store.close()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[node]\nid = "trs-nor"\n[broker]\nurl = "{broker.url}"\nkeepalive_s = 5\n'
+        f'[buffer]\npath = "{c.state / "buffer.db"}"\nsync_interval_s = 1\n[health]\nheartbeat_s = 1\n'
+        '[simulation]\nseed = 7\n[[simulation.faults]]\nsensor = "bme280"\nfault = "nack"\nat_s = 0\n'
+        '[sensors.bme280]\ndriver = "bme280"\nbus = "sim"\ninterval_s = 1\n'
+    )
+    rec = recorder_factory(broker.port)
+    c.fail()
+    proc = start_daemon(config, env=c.env)
+    daemons.append(proc)
+    assert "cannot open buffer" in _wait_buffer_fault(rec, proc)
+    c.heal()
+    rec.wait_for(lambda: rec.seqs() >= set(range(1, 21)), timeout=30, what="the 20 waiting readings")
+    _wait_recovered(rec)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+CLOSE_AFTER_FAILED_SYNC_SCRIPT = """
+import json, pathlib, sys
+from edge_node.store import NewReading, Store, StoreError
+
+state, switch = map(pathlib.Path, sys.argv[1:])
+s = Store(state / "buffer.db", max_rows=10**6, max_bytes=10**9, sync_interval_s=1)
+s.open()
+s.append([NewReading("t", {"v": 1.0}, (), 0.0, 0.0, "boot", True)] * 5)
+switch.touch()
+try:
+    s.sync()
+    sys.exit("synced on a failing card")
+except StoreError:
+    pass
+switch.unlink()  # the card answers again, but what the failed fsync held may never reach it
+s.close()
+print(json.loads((state / "buffer.db.seq").read_text())["clean"])
+"""
+
+
+def test_a_stop_after_a_failed_fsync_is_not_recorded_as_clean(card):
+    """Else, after a power cut that took commits already sent, the next start would reuse seqs."""
+    c = card("sync")
+    probe = subprocess.run(
+        [sys.executable, "-c", CLOSE_AFTER_FAILED_SYNC_SCRIPT, str(c.state), str(c.switch)],
+        env={**os.environ, **c.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "False"

@@ -228,3 +228,17 @@ def test_an_unreadable_seq_reservation_keeps_the_buffer_closed(tmp_path):
     with pytest.raises(StoreError, match=r"buffer\.db\.seq: cannot read"):
         store.open()
     assert not store.is_open
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe\x00garbage\n", b"null\n", b"[10001]\n", b'{"reserved": "9"}\n']
+)
+def test_a_damaged_seq_reservation_is_reported_and_the_buffer_opens(tmp_path, content, caplog):
+    (tmp_path / "buffer.db.seq").write_bytes(content)
+    store = Store(tmp_path / "buffer.db", max_rows=1000, max_bytes=10**8, sync_interval_s=1)
+    store.open()
+    try:
+        assert store.is_open and store.next_seq == 1
+        assert "buffer.db.seq: unreadable" in caplog.text
+    finally:
+        store.close()
