@@ -76,6 +76,7 @@ import argparse
 import json
 import math
 import re
+import signal
 import ssl
 import sys
 import threading
@@ -734,6 +735,9 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
         return 1
     server = None
     stop = stop or threading.Event()
+    on_term = None
+    if args.watch and threading.current_thread() is threading.main_thread():
+        on_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service's stop is a Ctrl-C
     try:
         if args.prometheus is not None:
             try:
@@ -760,6 +764,8 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
             out.flush()
         return 1 if any(r["needs_visit"] for r in rows) else 0
     finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
         if server is not None:
             server.shutdown()
             server.server_close()

@@ -350,7 +350,8 @@ def test_watch_on_a_terminal_redraws_until_stopped_and_exits_1_on_a_visit(broker
     assert "2 nodes, 0 online, 0 offline, 1 need a visit" in last
 
 
-def test_watch_piped_prints_the_plain_table_once_on_ctrl_c(broker):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, or systemd's stop
+def test_watch_piped_prints_the_plain_table_once_when_stopped(broker, stop_signal):
     publish(broker.port, [(f"{PREFIX}/trs-pipe/heartbeat", json.dumps(heartbeat(cpu_temp_c=90.0)), True)])
     port = free_port()
     cmd = [
@@ -373,7 +374,7 @@ def test_watch_piped_prints_the_plain_table_once_on_ctrl_c(broker):
                     break
         except OSError:
             time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop_signal)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 1, err
     assert out.count("NODE") == 1 and "\x1b" not in out and err == ""
