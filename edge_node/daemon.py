@@ -305,7 +305,7 @@ class Daemon:
             self._hold(batch)
             return
         try:
-            self.store.append(batch)
+            seqs = self.store.append(batch)
         except StoreError as err:
             if "write" not in self.health.buffer_faults:
                 log.error("%s; holding readings in memory until the buffer takes them", err)
@@ -318,7 +318,9 @@ class Daemon:
             with contextlib.suppress(StoreError):
                 self.store.add_dropped(self.health.lost_in_memory)
                 self.health.lost_in_memory = 0
-        self._overflow.clear()
+        if self._overflow:  # the batch starts with them: old readings, to be sent as backlog
+            self.forwarder.held(seqs[0], seqs[len(self._overflow) - 1])
+            self._overflow.clear()
         self.forwarder.new_data.set()
 
     def _hold(self, batch: list[NewReading]) -> None:

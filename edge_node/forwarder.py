@@ -95,6 +95,7 @@ class Forwarder:
         self.seq_sent = 0
         self.last_publish: float | None = None
         self.new_data = asyncio.Event()
+        self._held: deque[tuple[int, int]] = deque()  # seq ranges stored late, from memory: backlog
         self._stopping = asyncio.Event()
         self._boot_id = boot_id()
 
@@ -102,6 +103,12 @@ class Forwarder:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.new_data.set()
+
+    def held(self, first: int, last: int) -> None:
+        """Seqs first..last are readings held in memory while the buffer failed, stored late: they
+        go as backlog (batched, `backfill`, at the capped rate), not as live readings."""
+        self._held.append((first, last))
         self.new_data.set()
 
     def flush_acks(self) -> None:
@@ -212,24 +219,32 @@ class Forwarder:
     async def _pump(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         store, fwd = self.store, self.forward
         window = asyncio.Semaphore(fwd.max_inflight)
-        backlog_after = 0  # backlog rows up to here are fetched: sent, or waiting in `batches`
         batches: deque[tuple[list[StoredReading], list[str]]] = deque()
         bucket = TokenBucket(fwd.backfill_rate, fwd.batch_max)
         while not store.is_open and not self._stopping.is_set():  # a failing card at start
             self.beat()
             await self._wait_new_data(IDLE_TICK_S)  # the store writer opens it, then sets new_data
-        live_start = store.next_seq  # rows below it are the backlog, rows from it on are live
-        live_after = live_start - 1
+        live_after = store.next_seq - 1  # rows from here on are live; those below, the backlog
+        # The backlog, as seq ranges (after, before) still to fetch, oldest first.
+        backlog: deque[tuple[int, int]] = deque([(0, live_after + 1)])
+        self._held.clear()  # below live_after: the backlog already
         while not self._stopping.is_set():
             self.beat()
             clock = self._clock_view()
+            while self._held and self._held[0][0] <= live_after + 1:  # the live rows reached them
+                first, last = self._held.popleft()
+                backlog.append((first - 1, last + 1))
+                live_after = max(live_after, last)
             try:
-                live = store.fetch(live_after, limit=fwd.max_inflight)
-                if not live and not batches and backlog_after < live_start - 1:
-                    window_rows = store.fetch(
-                        backlog_after, before=live_start, limit=fwd.batch_max * BACKLOG_FETCH
-                    )
-                    backlog_after = window_rows[-1].seq if window_rows else live_start - 1
+                before = self._held[0][0] if self._held else None
+                live = store.fetch(live_after, before=before, limit=fwd.max_inflight)
+                if not live and not batches and backlog:
+                    after, until = backlog[0]
+                    window_rows = store.fetch(after, before=until, limit=fwd.batch_max * BACKLOG_FETCH)
+                    if window_rows:
+                        backlog[0] = (window_rows[-1].seq, until)
+                    else:
+                        backlog.popleft()
                     batches.extend(group_batches(window_rows, clock, fwd.batch_max))
             except StoreError as err:  # a failing card: keep the session, so heartbeats report it
                 self._read_failed(err)
@@ -254,7 +269,7 @@ class Forwarder:
                 tg.create_task(self._send(client, window, rows, texts, backfill=True))
                 continue
             self.new_data.clear()
-            if store.next_seq - 1 > live_after:
+            if store.next_seq - 1 > live_after or backlog:
                 continue
             await self._wait_new_data(IDLE_TICK_S)
         try:  # let what is in flight be acknowledged, so that it is not sent twice

@@ -163,6 +163,7 @@ def _fail_for_a_while(tmp_path, broker, recorder_factory, daemons, card: Card) -
     readings = _audit(rec, proc)
     during = [r for r in readings if failed_at + 1 < _ts(r) < healed_at - 1]
     assert len(during) >= 4, "readings taken while the card failed were kept in memory and sent later"
+    assert all(r["backfill"] for r in during), "held readings go as backlog, not as live ones"
     return faults
 
 
