@@ -55,3 +55,19 @@ def test_the_daemon_and_the_cli_never_import_rich():
         "assert 'rich' not in sys.modules, sorted(m for m in sys.modules if m.startswith('rich'))"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=ROOT, timeout=60)
+
+
+def test_the_daemon_does_not_load_the_tools():
+    """`edge-node run` parses its own subcommand only: the fleet view, the simulator and the
+    provisioning tools stay out of the node's memory."""
+    script = (
+        "import sys\n"
+        "from edge_node import cli\n"
+        "assert cli.main(['run', '-c', '/nonexistent/config.toml']) == 2\n"
+        "loaded = [m for m in ('edge_node.fleet', 'edge_node.simulate', 'provisioning', 'http.server')"
+        " if m in sys.modules]\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
