@@ -24,7 +24,7 @@ from .conftest import PREFIX, Recorder, by_sensor, gaps, start_daemon, write_con
 from .tcp_proxy import BlackholeProxy
 from .test_reconnect_storm import sys_dropped
 
-CYCLES = 50 if os.environ.get("EDGE_NODE_SOAK") else 5
+CYCLES = 50 if os.environ.get("EDGE_NODE_SOAK") else 4
 NODE_ID = "trs-restarts"
 ROOT = f"{PREFIX}/{NODE_ID}"
 INTERVAL_S = 1  # the fastest a sensor may be configured; two sensors: 2 readings a second
