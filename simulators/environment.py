@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+NOW_RESOLUTION_S = 0.1
 _DAY_S = 86_400.0
 _HOUR_S = 3_600.0
 _YEAR_DAYS = 365.2422
@@ -99,9 +100,16 @@ class Environment:
         self.latitude = latitude
         self.longitude = longitude
         self._clock = clock
+        self._latest: tuple[float, Conditions] | None = None
 
     def now(self) -> Conditions:
-        return self.at(self._clock())
+        """The weather does not change within NOW_RESOLUTION_S: a BME280 read measures three times,
+        and a node's sensors are read together, so they share one evaluation of the model."""
+        t = self._clock()
+        latest = self._latest
+        if latest is None or abs(t - latest[0]) >= NOW_RESOLUTION_S:
+            latest = self._latest = (t, self.at(t))
+        return latest[1]
 
     def at(self, t: float) -> Conditions:
         day_of_year = (t / _DAY_S) % _YEAR_DAYS  # within a day of the calendar's
