@@ -34,7 +34,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
-    from .store import StoreError
+    from .store import BufferPathError, StoreError
 
     config = load_config(args.config)
     _setup_logging(args.verbose)
@@ -46,6 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except BufferPathError as err:  # not a failing card: the configured path cannot hold a buffer
+        raise ConfigError(config.source, "buffer.path", str(err)) from err
     except (StoreError, OSError) as err:  # the buffer cannot be opened: say so, let systemd retry
         logging.getLogger("edge_node").error("%s", err)
         return 1

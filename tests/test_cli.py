@@ -97,16 +97,16 @@ def test_demo_prints_readings_as_they_arrive_at_the_broker():
     assert any("status: offline shutdown" in line for line in lines), result.stdout
 
 
-def test_a_buffer_path_that_cannot_exist_is_one_error_line_and_exit_1(tmp_path):
-    """A setup error (the buffer's directory is a file) is said at once; a failing card is not
-    (the daemon samples into memory and retries: tests/test_disk_errors.py)."""
+def test_a_buffer_path_that_cannot_exist_is_a_config_error(tmp_path):
+    """A setup error (the buffer's directory is a file) is said at once, naming the key, exit 2; a
+    failing card is not (the daemon samples into memory and retries: tests/test_disk_errors.py)."""
     (tmp_path / "state").write_text("")
     path = tmp_path / "config.toml"
     path.write_text(GOOD)
     result = subprocess.run(
         [*EDGE_NODE, "run", "-c", str(path)], capture_output=True, text=True, timeout=30, cwd=tmp_path
     )
-    assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and f"{tmp_path / 'state'}: cannot hold the buffer" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{path}: buffer.path: {tmp_path / 'state'}: cannot hold the buffer")
