@@ -47,6 +47,16 @@ class Card:
     def heal(self) -> None:
         self.switch.unlink()
 
+    def run(self, script: str, *args: str) -> subprocess.CompletedProcess:
+        """A Python script in a process on this card (the shim preloaded); its output as text."""
+        return subprocess.run(
+            [sys.executable, "-c", script, *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
 
 @pytest.fixture(scope="session")
 def eio_shim(tmp_path_factory) -> Path:
@@ -81,13 +91,7 @@ def test_the_shim_makes_sqlite_see_a_disk_io_error(card):
         "except sqlite3.OperationalError as err:\n"
         "    print(err)\n"
     )
-    probe = subprocess.run(
-        [sys.executable, "-c", script, str(c.state / "probe.db"), str(c.switch)],
-        env={**os.environ, **c.env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    probe = c.run(script, str(c.state / "probe.db"), str(c.switch))
     assert probe.stdout.strip() == "disk I/O error", probe.stderr
 
 
@@ -269,13 +273,7 @@ print(max(used), store.append([reading])[0])
 
 def test_a_failed_seq_reservation_never_lets_a_seq_be_reused(card):
     c = card("write,sync")
-    probe = subprocess.run(
-        [sys.executable, "-c", RESERVATION_SCRIPT, str(c.state), str(c.switch)],
-        env={**os.environ, **c.env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    probe = c.run(RESERVATION_SCRIPT, str(c.state), str(c.switch))
     assert probe.returncode == 0, probe.stderr
     failure, seqs = probe.stdout.strip().splitlines()
     assert _names_io_error(failure), failure
@@ -348,13 +346,7 @@ def test_a_corrupt_looking_buffer_on_an_unreadable_card_is_not_moved_aside(card)
     """quick_check can call a card's read errors corruption: the file is moved aside only when it
     reads back whole, so a failing card's readings are not abandoned for nothing."""
     c = card("plainread")
-    probe = subprocess.run(
-        [sys.executable, "-c", CORRUPT_BUT_UNREADABLE_SCRIPT, str(c.state), str(c.switch)],
-        env={**os.environ, **c.env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    probe = c.run(CORRUPT_BUT_UNREADABLE_SCRIPT, str(c.state), str(c.switch))
     assert probe.returncode == 0, probe.stderr
     error, files, moved_when_readable = probe.stdout.strip().splitlines()
     assert "cannot read" in error and _names_io_error(error), error
@@ -414,12 +406,6 @@ print(json.loads((state / "buffer.db.seq").read_text())["clean"])
 def test_a_stop_after_a_failed_fsync_is_not_recorded_as_clean(card):
     """Else, after a power cut that took commits already sent, the next start would reuse seqs."""
     c = card("sync")
-    probe = subprocess.run(
-        [sys.executable, "-c", CLOSE_AFTER_FAILED_SYNC_SCRIPT, str(c.state), str(c.switch)],
-        env={**os.environ, **c.env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    probe = c.run(CLOSE_AFTER_FAILED_SYNC_SCRIPT, str(c.state), str(c.switch))
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "False"
