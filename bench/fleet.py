@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 from edge_node.broker import LocalBroker
 from edge_node.simulate import node_id
 
-from .helpers import PREFIX, SEQ_RE, Subscriber, prefill, proc_cpu_s, proc_status_kb
+from .helpers import PREFIX, SEQ_RE, Subscriber, prefill, proc_cpu_s, proc_status_kb, terminate
 
 TOTALS_RE = re.compile(
     r"nodes (\d+)/(\d+) running, (\d+) connected.*stored (\d+), sent (\d+), backlog (\d+)(; FAILED (\d+))?"
@@ -191,13 +190,7 @@ class Simulator:
         return proc_status_kb(self.pid, key) / 1024
 
     def stop(self, timeout: float = 30) -> dict | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self._reader.join(5)
         return self.stopped
 
