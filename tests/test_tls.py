@@ -10,7 +10,7 @@ import pytest
 from edge_node.broker import LocalBroker, free_port
 
 from .conftest import start_daemon, write_config
-from .pki import make_ca, openssl
+from .pki import make_ca, make_cert
 
 
 @pytest.fixture
@@ -20,40 +20,8 @@ def tls_broker(tmp_path):
     pki.mkdir()
     make_ca(pki, "city-ca")
     make_ca(pki, "rogue-ca")
-    openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-        cwd=pki,
-    )
-    (pki / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "city-ca.pem",
-        "-CAkey",
-        "city-ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-        cwd=pki,
-    )
+    san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+    make_cert(pki, "city-ca", "server", cn="localhost", extensions=san)
     subprocess.run(
         ["mosquitto_passwd", "-b", "-c", str(pki / "passwd"), "trs-test", "s3cret-Pa55"], check=True
     )
