@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import ssl
@@ -19,7 +18,8 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from .clock import boot_id, boottime, clock_synced, format_ts
+from .clock import boot_id, boottime, clock_synced
+from .commands import CommandHandler
 from .config import BrokerConfig, ForwardConfig
 from .health import Health
 from .payloads import ClockView, batch_payload, group_batches
@@ -34,7 +34,6 @@ RECONNECT_BASE_S = 0.5
 STABLE_SESSION_S = 30.0
 FRESH_BOOT_S = 300.0  # a daemon started this soon after boot spreads its first connect...
 FRESH_BOOT_SPREAD_S = 10.0  # ...over this long  # a session this long resets the reconnect backoff
-MAX_COMMAND_BYTES = 4096
 BACKLOG_FETCH = 10  # backlog rows fetched at a time, in batches: enough for every sensor to fill one
 READ_RETRY_S = 2.0  # after the buffer could not be read (a failing card)
 
@@ -80,6 +79,7 @@ class Forwarder:
         clock_root: str = "/",
         beat: Callable[[], None] = lambda: None,
         reconnect_max_s: float = 30.0,
+        commands: CommandHandler | None = None,
     ):
         self.node_id = node_id
         self.root = topic_root
@@ -91,6 +91,9 @@ class Forwarder:
         self.clock_root = clock_root
         self.beat = beat
         self.reconnect_max_s = reconnect_max_s
+        self.commands = commands or CommandHandler(
+            node_id=node_id, topic_root=topic_root, ping=lambda: {"backlog": store.backlog}
+        )
         self.connected = False
         self.seq_sent = 0
         self.last_publish: float | None = None
@@ -199,7 +202,7 @@ class Forwarder:
             await client.subscribe(f"{self.root}/cmd/+", qos=1)
             try:
                 async with asyncio.TaskGroup() as tg:
-                    listener = tg.create_task(self._commands(client))
+                    listener = tg.create_task(self.commands.serve(client))
                     heart = tg.create_task(self._heartbeats(client))
                     await self._pump(client, tg)
                     listener.cancel()
@@ -307,7 +310,7 @@ class Forwarder:
     def _clock_view(self) -> ClockView:
         return ClockView(self._boot_id, clock_synced(self.clock_root), time.time(), boottime())
 
-    # -- health and commands ------------------------------------------------------------------
+    # -- health ------------------------------------------------------------------
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         while True:
@@ -324,36 +327,3 @@ class Forwarder:
             )
             await client.publish(f"{self.root}/heartbeat", payload, qos=1, retain=True)
             await asyncio.sleep(self.heartbeat_s)
-
-    async def _commands(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            if message.retain:  # a command left retained would replay at every start: ignore it
-                continue
-            name = str(message.topic).rsplit("/", 1)[-1]
-            try:
-                reply = self._answer(name, message.payload)
-            except Exception as err:  # whatever arrives, the node answers and goes on
-                reply = {"ok": False, "error": f"cmd/{name}: {type(err).__name__}"}
-            await client.publish(f"{self.root}/cmd/{name}/reply", json.dumps(reply), qos=1)
-
-    def _answer(self, name: str, payload) -> dict:
-        if payload:
-            if len(payload) > MAX_COMMAND_BYTES:
-                return {"ok": False, "error": f"cmd/{name}: request larger than {MAX_COMMAND_BYTES} bytes"}
-            try:
-                request = json.loads(payload)
-                if not isinstance(request, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError, RecursionError) as err:
-                return {
-                    "ok": False,
-                    "error": f"cmd/{name}: malformed request: {type(err).__name__}: {err}"[:200],
-                }
-        if name == "ping":
-            return {
-                "ok": True,
-                "ts": format_ts(time.time()),
-                "node": self.node_id,
-                "backlog": self.store.backlog,
-            }
-        return {"ok": False, "error": f"cmd/{name}: unknown command (known: ping)"}
