@@ -46,4 +46,4 @@ clean:
 
 # 50 simulated nodes against a local Mosquitto, and the operator's live fleet view beside them.
 demo-fleet: $(STAMP) system-deps
-	$(PY) -m edge_node.demo_fleet
+	$(PY) -m operations.demo_fleet

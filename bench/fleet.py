@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from edge_node.broker import LocalBroker
-from edge_node.simulate import node_id
+from operations.mosquitto import LocalBroker
+from operations.simulate import node_id
 
 from .helpers import PREFIX, SEQ_RE, Subscriber, prefill, proc_cpu_s, proc_status_kb, terminate
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_node import __version__
-from edge_node.broker import LocalBroker
 from edge_node.store import SCHEMA, Store
+from operations.mosquitto import LocalBroker
 
 from .fleet import fig_fleet
 from .helpers import (

@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from operations.demo import run_demo
 
     return run_demo(broker_url=args.broker, seconds=args.seconds, as_json=args.json, verbose=args.verbose)
 
@@ -87,8 +87,8 @@ def build_parser(*, daemon_only: bool = False) -> argparse.ArgumentParser:
 
     from provisioning.cli import register as register_provisioning
 
-    from .fleet import register as register_fleet
-    from .simulate import register as register_simulate
+    from operations.fleet import register as register_fleet
+    from operations.simulate import register as register_simulate
 
     register_provisioning(sub)
     register_fleet(sub)

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_node import schemas
-from edge_node.broker import LocalBroker
+from operations.mosquitto import LocalBroker
 
 PREFIX = "city/terrassa/nodes"
 SCHEMAS = {name: schemas.load(name) for name in ("reading", "status", "heartbeat")}

@@ -31,7 +31,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_node.broker import BrokerUnavailable, LocalBroker, free_port
+from operations.mosquitto import BrokerUnavailable, LocalBroker, free_port
 
 PREFIX = "city/terrassa/nodes"
 NODES = ("trs-0042", "trs-0043")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from edge_node.broker import free_port
+from operations.mosquitto import free_port
 
 
 class BlackholeProxy:

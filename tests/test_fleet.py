@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from rich.console import Console
 
-from edge_node import fleet
-from edge_node.broker import free_port
+from operations import fleet
+from operations.mosquitto import free_port
 
 from .conftest import PREFIX, start_daemon, write_config
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.broker import free_port
 from edge_node.cli import build_parser, main
 from edge_node.store import NewReading, Store
+from operations.mosquitto import free_port
 from provisioning.detect import SimulatedNode
 from provisioning.provision import config_view, provision
 

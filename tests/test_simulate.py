@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 
 from edge_node.config import ConfigError
-from edge_node.simulate import Fleet, FleetOptions, build_configs, plan_fleet, run_fleet
+from operations.simulate import Fleet, FleetOptions, build_configs, plan_fleet, run_fleet
 
 from .conftest import PREFIX, gaps
 
@@ -197,7 +197,7 @@ def _sigterm_stops_cleanly(module_args, broker, recorder_factory, tmp_path):
 
 
 def test_module_entry_point_sigterm(broker, recorder_factory, tmp_path):
-    _sigterm_stops_cleanly(["edge_node.simulate"], broker, recorder_factory, tmp_path)
+    _sigterm_stops_cleanly(["operations.simulate"], broker, recorder_factory, tmp_path)
 
 
 def _registered() -> bool:

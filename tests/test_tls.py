@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge_node.broker import LocalBroker, free_port
+from operations.mosquitto import LocalBroker, free_port
 
 from .conftest import start_daemon, write_config
 from .pki import make_ca, make_cert

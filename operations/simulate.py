@@ -24,8 +24,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .broker import free_port
-from .config import Config, ConfigError, parse_config
+from edge_node.config import Config, ConfigError, parse_config
+
+from .mosquitto import free_port
 
 log = logging.getLogger("edge_node.simulate")
 
@@ -244,7 +245,7 @@ class Fleet:
     """N Daemons on one loop, started staggered, stopped together by one event."""
 
     def __init__(self, configs: list[tuple[NodeSpec, Config]], *, stagger_s: float = 2.0):
-        from .daemon import Daemon
+        from edge_node.daemon import Daemon
 
         self.specs = [s for s, _ in configs]
         self.daemons = [Daemon(c) for _, c in configs]  # checks each node's faults now

@@ -16,7 +16,7 @@ around it and, when the fleet is taller than the terminal, only the worst rows t
 many more are not shown. When stdout is not a terminal (a pipe, a file, a unit serving
 `--prometheus`) it writes nothing while running and the plain table once, on exit: a log gets
 one table, not one a second and no escape codes; `--watch --json` streams one JSON line a
-second instead. rich is imported only on this path: `import edge_node.fleet` (and so `edge-node
+second instead. rich is imported only on this path: `import operations.fleet` (and so `edge-node
 run`) never loads it.
 
 `--prometheus PORT` serves the same figures on `http://127.0.0.1:PORT/metrics` (text exposition
@@ -685,7 +685,7 @@ def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "fleet",
         help="the operator's view of all nodes: state, backlog, gaps, faults, vitals, needs a visit",
-        description="Exit 1 when any node needs a visit (rules: pydoc edge_node.fleet), 0 otherwise.",
+        description="Exit 1 when any node needs a visit (rules: pydoc operations.fleet), 0 otherwise.",
     )
     p.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST[:PORT] or mqtts://...")
     p.add_argument("--username", metavar="U")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .broker import LocalBroker
+from .mosquitto import LocalBroker
 
 NODES = 50
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import aiomqtt
 
-from .broker import BrokerUnavailable, LocalBroker
-from .config import parse_config
+from edge_node.config import parse_config
+
+from .mosquitto import BrokerUnavailable, LocalBroker
 
 NODE_ID = "demo-0001"
 PREFIX = "city/terrassa/nodes"
@@ -116,7 +117,7 @@ async def _subscribe_and_print(url_host: str, port: int, as_json: bool, ready: a
 
 
 async def _demo(url: str, workdir: Path, seconds: float | None, as_json: bool) -> None:
-    from .daemon import Daemon
+    from edge_node.daemon import Daemon
 
     text = DEMO_CONFIG.format(node_id=NODE_ID, url=url, prefix=PREFIX, buffer=workdir / "buffer.db")
     config = parse_config(text, source="demo.toml", base_dir=workdir)
