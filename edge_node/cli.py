@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -54,51 +55,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from operations.demo import run_demo
-
-    return run_demo(broker_url=args.broker, seconds=args.seconds, as_json=args.json, verbose=args.verbose)
-
-
-def build_parser(*, daemon_only: bool = False) -> argparse.ArgumentParser:
-    """Every subcommand; `daemon_only` leaves out the tools' (fleet, simulate, provisioning), whose
-    modules would cost the running daemon ~2 MB of RSS for nothing."""
-    parser = argparse.ArgumentParser(
-        prog="edge-node", description="Environmental street node daemon and tools."
-    )
-    parser.add_argument("--version", action="version", version=f"edge-node {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register_run(sub) -> None:
     run = sub.add_parser("run", help="run the daemon (what the systemd unit starts)")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="a simulated node against a local broker, printing what arrives there")
-    demo.add_argument("--broker", metavar="URL", help="use this broker instead of starting a Mosquitto")
-    demo.add_argument(
-        "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
+
+# Subcommand -> "module:function" that adds it to the subparsers. A module is imported only when
+# one of its subcommands is asked for (all of them for --help), so `edge-node run` loads the
+# daemon alone and this package imports none of the tools. Adding a subcommand is one line here.
+SUBCOMMANDS = {
+    "run": "edge_node.cli:register_run",
+    "demo": "operations.demo:register",
+    "provision": "provisioning.cli:register",
+    "detect": "provisioning.cli:register",
+    "selftest": "provisioning.cli:register",
+    "check-broker": "provisioning.cli:register",
+    "install": "provisioning.cli:register",
+    "status": "provisioning.cli:register",
+    "fleet": "operations.fleet:register",
+    "simulate": "operations.simulate:register",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command` alone when it is one of SUBCOMMANDS, else for all of them."""
+    parser = argparse.ArgumentParser(
+        prog="edge-node", description="Environmental street node daemon and tools."
     )
-    demo.add_argument("--json", action="store_true", help="print each message's payload as JSON")
-    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log too")
-    demo.set_defaults(func=cmd_demo)
-    if daemon_only:
-        return parser
-
-    from provisioning.cli import register as register_provisioning
-
-    from operations.fleet import register as register_fleet
-    from operations.simulate import register as register_simulate
-
-    register_provisioning(sub)
-    register_fleet(sub)
-    register_simulate(sub)
+    parser.add_argument("--version", action="version", version=f"edge-node {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    targets = [SUBCOMMANDS[command]] if command in SUBCOMMANDS else dict.fromkeys(SUBCOMMANDS.values())
+    for target in targets:
+        module, function = target.split(":")
+        getattr(importlib.import_module(module), function)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(daemon_only=argv[:1] == ["run"]).parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:

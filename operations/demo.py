@@ -174,3 +174,19 @@ def run_demo(*, broker_url: str | None, seconds: float | None, as_json: bool, ve
         print(f"edge-node demo: broker {broker_url}: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def register(sub) -> None:
+    """Add `demo` to edge-node's subcommands."""
+    demo = sub.add_parser("demo", help="a simulated node against a local broker, printing what arrives there")
+    demo.add_argument("--broker", metavar="URL", help="use this broker instead of starting a Mosquitto")
+    demo.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)"
+    )
+    demo.add_argument("--json", action="store_true", help="print each message's payload as JSON")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log too")
+    demo.set_defaults(
+        func=lambda args: run_demo(
+            broker_url=args.broker, seconds=args.seconds, as_json=args.json, verbose=args.verbose
+        )
+    )
