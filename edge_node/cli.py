@@ -76,6 +76,9 @@ SUBCOMMANDS = {
     "status": "provisioning.cli:register",
     "fleet": "operations.fleet:register",
     "simulate": "operations.simulate:register",
+    "ingest": "city.cli:register",
+    "export": "city.cli:register",
+    "serve": "city.cli:register",
 }
 
 

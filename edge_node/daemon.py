@@ -121,7 +121,12 @@ class Daemon:
             from drivers.pi_health import host_vitals
 
             disk = str(cfg.buffer.path.parent)
-            self.health = Health(config_hash=cfg.config_hash, host_vitals=lambda: host_vitals(root, disk))
+            self.health = Health(
+                config_hash=cfg.config_hash,
+                host_vitals=lambda: host_vitals(root, disk),
+                site=cfg.node.site,
+                location=None if cfg.node.lat is None else {"lat": cfg.node.lat, "lon": cfg.node.lon},
+            )
             for name, driver in drivers.items():
                 self._units[name] = units_with_corrections(driver.units)
                 self.health.sensor(name)

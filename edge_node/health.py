@@ -43,6 +43,9 @@ class Health:
     # card that still fails one way is not reported healthy by a success of another kind.
     buffer_faults: dict[str, str] = field(default_factory=dict)
     lost_in_memory: int = 0  # readings dropped from the in-memory overflow meanwhile
+    # Where the node stands, for the city's database and map (config [node] site, location).
+    site: str = ""
+    location: dict | None = None
 
     def sensor(self, name: str) -> SensorState:
         return self.sensors.setdefault(name, SensorState())
@@ -70,6 +73,8 @@ class Health:
                 "version": __version__,
                 "boot_id": self.boot_id,
                 "config_hash": self.config_hash,
+                **({"site": self.site} if self.site else {}),
+                **({"location": self.location} if self.location else {}),
             }
         )
 

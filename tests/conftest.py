@@ -231,3 +231,29 @@ def by_sensor(readings: list[dict]) -> dict[str, list[dict]]:
     for r in readings:
         out[r["sensor"]].append(r)
     return out
+
+
+# -- the city's side: databases ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL for the whole session, started in a temporary directory on a free port
+    (as `nobody` when root: initdb refuses root). Each test takes its own database from it."""
+    from city.localpg import LocalPostgres, PostgresUnavailable
+
+    try:
+        server = LocalPostgres().start()
+    except PostgresUnavailable as err:
+        pytest.exit(f"{err}: `make test` installs it (apt-get install postgresql)", 2)
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def city_dsn(request, tmp_path):
+    """A fresh, empty city database: SQLite in the test's directory, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'city.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"t_{uuid.uuid4().hex[:12]}")

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"drivers", "simulators", "edge_node", "provisioning", "operations"}
+OURS = {"drivers", "simulators", "edge_node", "provisioning", "operations", "city"}
 ALLOWED = {
     "drivers": {"drivers"},
     "simulators": {"simulators", "drivers"},
     "edge_node": {"edge_node", "drivers"},
     "provisioning": {"provisioning", "edge_node", "drivers", "simulators"},
     "operations": {"operations", "edge_node", "drivers", "simulators", "provisioning"},
+    "city": {"city", "edge_node"},  # the city's side: the wire contract's schemas, never the reverse
 }
 EXCEPTIONS = {  # (file, package it may import besides its layer's)
     ("edge_node/sensors.py", "simulators"),  # the backend registry: "sim" picks a simulator
@@ -65,7 +66,8 @@ def test_the_daemon_does_not_load_the_tools():
         "import sys\n"
         "from edge_node import cli\n"
         "assert cli.main(['run', '-c', '/nonexistent/config.toml']) == 2\n"
-        "loaded = [m for m in ('operations', 'provisioning', 'http.server')"
+        "loaded = [m for m in ('operations', 'provisioning', 'http.server', 'city', 'psycopg', 'aiohttp',"
+        " 'jsonschema')"
         " if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )
