@@ -76,6 +76,7 @@ UPPER_LIMITS: dict[str, tuple[float, ...]] = {
     "pm10": (15.0, 45.0, 120.0, 195.0, 270.0),
 }
 POLLUTANTS = tuple(UPPER_LIMITS)
+POLLUTANTS_SET = frozenset(POLLUTANTS)
 
 # 24-hour running mean: valid when 18 of its 24 hourly means exist (75 %, as above).
 RUNNING_HOURS = 24

@@ -10,6 +10,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 HOUR_S = 3600
 
@@ -27,6 +28,12 @@ class Sample:
     @property
     def excluded(self) -> bool:
         return not EXCLUDING_FLAGS.isdisjoint(self.quality)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def hour_start(ts: float) -> int:
