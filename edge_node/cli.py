@@ -34,7 +34,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
+    from .remote import NodeRemote
     from .store import BufferPathError, StoreError
 
     config = load_config(args.config)
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await Daemon(config).run(stop)
+        await NodeRemote(args.config).run(stop)  # the pipeline, restarted on remote config changes
 
     try:
         asyncio.run(main())

@@ -9,10 +9,12 @@ memory, nor the SD card holding the journal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 
 import aiomqtt
@@ -100,11 +102,15 @@ class CommandHandler:
         topic_root: str,
         ping: Callable[[], dict] = dict,
         dispatch: Callable[[str, bytes, bool], dict | None] | None = None,
+        outbox: deque[tuple[str, dict]] | None = None,
+        outbox_ready: asyncio.Event | None = None,
     ):
         self.node_id = node_id
         self.root = topic_root
         self.ping = ping
         self.dispatch = dispatch
+        self.outbox = outbox  # replies that come later (a change confirmed or rolled back)
+        self.outbox_ready = outbox_ready
         self.refused = 0  # commands answered with an error, or not answered at all
         self.replies_dropped = 0  # replies not sent because of the reply rate
         self._replies = ReplyBudget(REPLIES_PER_WINDOW, REPLY_WINDOW_S)
@@ -120,10 +126,23 @@ class CommandHandler:
         }
 
     async def serve(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            name, reply = self.handle(message.topic.value, message.payload, message.retain)
-            if reply is not None:
-                await self.publish_reply(client, name, reply)
+        async with asyncio.TaskGroup() as tg:
+            if self.outbox is not None and self.outbox_ready is not None:
+                tg.create_task(self._send_outbox(client))
+            async for message in client.messages:
+                name, reply = self.handle(message.topic.value, message.payload, message.retain)
+                if reply is not None:
+                    await self.publish_reply(client, name, reply)
+
+    async def _send_outbox(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self.outbox_ready.wait()
+            while self.outbox:
+                name, reply = self.outbox[0]
+                if not await self.publish_reply(client, name, reply, limited=False):
+                    return  # the session is ending; the next one sends it
+                self.outbox.popleft()
+            self.outbox_ready.clear()
 
     def handle(self, topic: str, payload, retained: bool) -> tuple[str, dict | None]:
         """(command name, reply or None for no reply). Never raises."""
@@ -155,6 +174,8 @@ class CommandHandler:
                 self._count_refusal(name, reply.get("error", ""))
             return name, reply
         except CommandRefused as err:
+            if retained:  # answered, it would be answered again at every reconnect
+                return self._refuse_silently("retained", "retained cmd/%s refused: %s", name, err)
             return name, self._refusal(name, str(err))
         except Exception as err:  # a bug must cost one error reply, never the session
             log.exception("cmd/%s failed", name)
@@ -174,9 +195,9 @@ class CommandHandler:
         self._log(kind, logging.WARNING, message, *args)
         return "", None
 
-    async def publish_reply(self, client: aiomqtt.Client, name: str, reply: dict) -> None:
-        """Publish a reply; never raises (but lets cancellation through)."""
-        if not self._replies.take():
+    async def publish_reply(self, client: aiomqtt.Client, name: str, reply: dict, *, limited=True) -> bool:
+        """Publish a reply; whether it went. Never raises (but lets cancellation through)."""
+        if limited and not self._replies.take():
             self.replies_dropped += 1
             self._log(
                 "reply-rate",
@@ -185,13 +206,15 @@ class CommandHandler:
                 REPLIES_PER_WINDOW,
                 REPLY_WINDOW_S,
             )
-            return
+            return False
         try:
             body = json.dumps(reply, separators=(",", ":"), allow_nan=False)
             await client.publish(f"{self.root}/cmd/{name}/reply", body, qos=1)
         except (aiomqtt.MqttError, ValueError, TypeError, OSError) as err:
             # A lost connection ends the session through the message iterator; nothing to do here.
             self._log("reply-failed", logging.WARNING, "cmd/%s: reply not sent: %s", name, err)
+            return False
+        return True
 
 
 def _parse_request(payload) -> dict:

@@ -35,11 +35,13 @@ __all__ = [
     "DriverSchema",
     "SECTIONS",
     "ForwardConfig",
+    "RemoteConfig",
     "HealthConfig",
     "NodeConfig",
     "SensorConfig",
     "SimulationConfig",
     "load_config",
+    "load_layered",
     "parse_broker_url",
     "parse_config",
     "parse_size",
@@ -137,6 +139,12 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    trusted_keys: tuple[str, ...]  # "ed25519:BASE64" public keys whose signed commands the node runs
+    confirm_s: float  # a remote change must prove healthy this soon, else it is rolled back
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. Its mappings are plain dicts (so `dataclasses.asdict` and
     `copy.deepcopy` work); treat them as read-only."""
@@ -149,7 +157,8 @@ class Config:
     health: HealthConfig
     sensors: Mapping[str, SensorConfig]  # in file order
     simulation: SimulationConfig
-    config_hash: str  # first 16 hex digits of the SHA-256 of the file's bytes
+    config_hash: str  # first 16 hex digits of the SHA-256 of the file's bytes (and the remote layer's)
+    remote: RemoteConfig = RemoteConfig((), 120.0)
 
     @property
     def topic_root(self) -> str:
@@ -498,6 +507,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "health": {
         "heartbeat_s": Key(number(min=1), 60),
     },
+    "remote": {
+        "trusted_keys": Key(lambda value: _trusted_keys(value), []),
+        "confirm_s": Key(number(min=1, max=3600), 120),
+    },
     "simulation": {
         "seed": Key(integer(min=0), 42),
         "faults": Key(lambda value: _simulated_faults(value), []),
@@ -518,6 +531,19 @@ def _simulated_faults(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list):
         raise _Invalid(f"must be an array of tables (got {_show(value)})")
     return tuple(_check_at(str(i), _FAULT, item) for i, item in enumerate(value))
+
+
+def _trusted_keys(value: Any) -> list[str]:
+    from .signing import parse_public_key  # base64 only: no cryptography until a command arrives
+
+    if not isinstance(value, list):
+        raise _Invalid(f'must be an array of "ed25519:..." keys (got {_show(value)})')
+    for i, key in enumerate(value):
+        try:
+            parse_public_key(key)
+        except ValueError as err:
+            raise _Invalid(f"{err} (got {_show(key)})", str(i)) from None
+    return list(value)
 
 
 SECTION_RULES = {"broker": _broker_credentials_fit}  # rules across the keys of one section
@@ -646,11 +672,16 @@ CONFIG_SCHEMA: dict[str, Key] = {
 # --- From validated values to a Config ---------------------------------------------------------
 
 
-def _parse(text: str, data: bytes, source: str, base_dir: Path) -> Config:
+def _parse(
+    text: str, data: bytes, source: str, base_dir: Path, layer: Mapping[str, Any] | None = None
+) -> Config:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(source, None, f"invalid TOML: {err}") from err
+    if layer:
+        document = _apply_layer(document, layer, source)
+        data += b"\0" + json.dumps(layer, sort_keys=True, separators=(",", ":")).encode()
     try:
         config = _build(_validate_table(document, CONFIG_SCHEMA), source, base_dir, data)
         _check_files_readable(config.broker)
@@ -710,6 +741,9 @@ def _build(values: dict[str, Any], source: str, base_dir: Path, data: bytes) -> 
         },
         simulation=SimulationConfig(**values["simulation"]),
         config_hash=hashlib.sha256(data).hexdigest()[:16],
+        remote=RemoteConfig(
+            trusted_keys=tuple(values["remote"]["trusted_keys"]), confirm_s=values["remote"]["confirm_s"]
+        ),
     )
 
 
@@ -723,3 +757,35 @@ def _check_files_readable(broker: BrokerConfig) -> None:
                 pass
         except OSError as err:
             raise _Invalid(f"cannot read {path}: {err.strerror or err}", "broker", name) from None
+
+
+# --- The remote layer (issue 13): dotted keys set by signed commands over the technician's file ----
+
+
+def load_layered(path: str | os.PathLike[str], layer: Mapping[str, Any]) -> Config:
+    """The config file at `path` with `layer` ({"sensors.bme280.interval_s": 5, ...}) laid over it,
+    validated as one file would be: the same one-line errors, naming the base file and the key.
+    An empty layer gives exactly `load_config(path)` (same `config_hash`)."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as file:
+            data = file.read()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return load_config(path)  # the same error as at start
+    return _parse(text, data, source, Path(os.path.abspath(source)).parent, layer)
+
+
+def _apply_layer(document: dict[str, Any], layer: Mapping[str, Any], source: str) -> dict[str, Any]:
+    merged = json.loads(json.dumps(document, default=str))  # a deep copy; dates are not configurable
+    for dotted, value in layer.items():
+        parts = dotted.split(".")
+        table_ = merged
+        for depth, part in enumerate(parts[:-1]):
+            table_ = table_.setdefault(part, {})
+            if not isinstance(table_, dict):
+                raise ConfigError(
+                    source, ".".join(parts[: depth + 1]), "is not a table: cannot set keys in it"
+                )
+        table_[parts[-1]] = value
+    return merged

@@ -86,9 +86,10 @@ class Liveness:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, notifier: Notifier | None = None):
+    def __init__(self, config: Config, *, notifier: Notifier | None = None, remote=None):
         check_faults(config)
         self.config = config
+        self.remote = remote  # edge_node.remote.NodeRemote: signed commands, the remote config layer
         self.notifier = notifier or Notifier()
         self.liveness = Liveness()
         self.store = Store(
@@ -127,6 +128,8 @@ class Daemon:
                 site=cfg.node.site,
                 location=None if cfg.node.lat is None else {"lat": cfg.node.lat, "lon": cfg.node.lon},
             )
+            if self.remote is not None:
+                self.health.config_rolled_back = self.remote.rolled_back()
             for name, driver in drivers.items():
                 self._units[name] = units_with_corrections(driver.units)
                 self.health.sensor(name)
@@ -145,6 +148,7 @@ class Daemon:
                 clock_root=root,
                 beat=self.liveness.register("forwarder", 2 * publish_timeout(cfg.broker) + 10),
                 reconnect_max_s=cfg.forward.reconnect_max_s,
+                commands=self.remote.command_handler(self) if self.remote is not None else None,
             )
             await self._supervise(stop, drivers, sim, root)
             log.info("stopped; backlog %d readings kept in the buffer for the next start", self.store.backlog)
@@ -397,6 +401,7 @@ class Daemon:
             "oldest_unsent_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
             "dropped": store.dropped,
             "buffer_fault": self.health.buffer_error,  # None while the card is fine
+            "config": self.remote.status() if self.remote is not None else {"hash": self.config.config_hash},
             "sensors": {
                 name: {**s.as_json(), "last_values": s.last_values} for name, s in self.health.sensors.items()
             },

@@ -46,6 +46,7 @@ class Health:
     # Where the node stands, for the city's database and map (config [node] site, location).
     site: str = ""
     location: dict | None = None
+    config_rolled_back: dict | None = None  # the last remote change undone: {id, reason, at}
 
     def sensor(self, name: str) -> SensorState:
         return self.sensors.setdefault(name, SensorState())
@@ -99,6 +100,9 @@ class Health:
         }
         if error := self.buffer_error:  # edge-node extension: the buffer's own fault
             beat["buffer"] = {"state": "fault", "error": error}
+        beat["config_hash"] = self.config_hash  # a remote change shows here (issue 13)
+        if self.config_rolled_back:
+            beat["config_rolled_back"] = self.config_rolled_back
         return _dump(beat)
 
 

@@ -182,6 +182,7 @@ def node_status(config: Config, *, now: float | None = None) -> dict[str, Any]:
     return {
         "node": config.node.id,
         "config": config.source,
+        "remote": remote_layer_status(config, data),
         "healthy": not problems,
         "problems": problems,
         "service": service,
@@ -206,16 +207,61 @@ def node_status(config: Config, *, now: float | None = None) -> dict[str, Any]:
     }
 
 
+def remote_layer_status(config: Config, data: dict[str, Any]) -> dict[str, Any]:
+    """The base file, the remote layer over it (from the state directory) and the running hash."""
+    from edge_node.remote import LAYER_FILE, PENDING_FILE
+
+    def read(name: str) -> dict:
+        try:
+            found = json.loads((config.buffer.path.parent / name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    layer, pending = read(LAYER_FILE), read(PENDING_FILE)
+    running = (data.get("config") or {}).get("hash")
+    return {
+        "base": config.source,
+        "base_hash": config.config_hash,
+        "running_hash": running,
+        "layer": layer.get("values") or {},
+        "applied": layer.get("applied"),
+        "applied_by": layer.get("id"),
+        "pending": pending.get("id"),
+        "rolled_back": layer.get("rolled_back"),
+    }
+
+
 def _values(values: dict | None) -> str:
     if not values:
         return ""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def _remote_lines(remote: dict[str, Any]) -> list[str]:
+    running = remote["running_hash"] or "not running"
+    if not remote["layer"]:
+        lines = [f"config    base only ({remote['base_hash']}); running {running}"]
+    else:
+        changes = " ".join(f"{k}={json.dumps(v)}" for k, v in remote["layer"].items())
+        lines = [
+            f"config    base {remote['base']} ({remote['base_hash']}) + remote layer: {changes}",
+            f"          applied {remote['applied']} by command {remote['applied_by']}; running {running}",
+        ]
+    if remote["pending"]:
+        lines.append(f"          change {remote['pending']} not confirmed yet")
+    if rolled := remote["rolled_back"]:
+        lines.append(
+            f"          rolled back {rolled.get('at')}: {rolled.get('reason')} (command {rolled.get('id')})"
+        )
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     """The technician's table."""
     daemon, broker, buf = status["daemon"], status["broker"], status["buffer"]
     lines = [f"node      {status['node']}  (config {status['config']})", f"service   {status['service']}"]
+    lines += _remote_lines(status["remote"])
     if daemon["status_file"] is None:
         lines.append("daemon    no status.json (not run here yet)")
     else:

@@ -18,9 +18,11 @@ ROOT = f"{PREFIX}/trs-test"
 
 def start_logged_daemon(config, log_path):
     """`edge-node run` with its log in a file: a flood must not fill a pipe and block it."""
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process by the `daemons` fixture's kill
+    log = open(log_path, "wb")  # the process holds it; the `daemons` fixture ends the process
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_node.cli", "run", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "edge_node.cli", "run", "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -61,7 +63,9 @@ def test_hostile_commands_cost_neither_the_session_nor_memory_nor_the_log(
         assert not big["ok"] and "larger than" in big["error"]
         assert ping["ok"] and ping["node"] == "trs-test"
         for i in range(20_000):  # a flood: unknown commands, garbage and pings
-            hostile.publish(f"{ROOT}/cmd/{('ping', 'reboot', 'set')[i % 3]}", b"\xff garbage" * (i % 2), qos=0)
+            hostile.publish(
+                f"{ROOT}/cmd/{('ping', 'reboot', 'set')[i % 3]}", b"\xff garbage" * (i % 2), qos=0
+            )
         time.sleep(3)
     finally:
         hostile.loop_stop()
