@@ -6,18 +6,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from drivers import pi_health
+from drivers import host
 
 SYNC_CHECK_S = 1.0  # the sync state changes once a boot: every sampler and send need not stat for it
 _sync_checked: dict[str, tuple[float, bool]] = {}
 
 
 def clock_synced(root: str = "/") -> bool:
-    """drivers.pi_health.clock_synced (the one place that decides), asked at most once a second."""
+    """drivers.host.clock_synced (the one place that decides), asked at most once a second."""
     now = time.monotonic()
     checked = _sync_checked.get(root)
     if checked is None or now - checked[0] >= SYNC_CHECK_S:
-        checked = _sync_checked[root] = (now, pi_health.clock_synced(root))
+        checked = _sync_checked[root] = (now, host.clock_synced(root))
     return checked[1]
 
 

@@ -119,7 +119,7 @@ class Daemon:
         try:
             drivers = build_drivers(cfg, sim)
             root = host_root(cfg, sim)
-            from drivers.pi_health import host_vitals
+            from drivers.host import host_vitals
 
             disk = str(cfg.buffer.path.parent)
             self.health = Health(

@@ -233,11 +233,11 @@ class UnavailableDriver:
 
 
 def _bme280(cfg: SensorConfig, sim: Simulation, host_root: str) -> Driver:
-    from drivers.bme280 import BME280Driver
+    from sensors.bme280.driver import BME280Driver
 
     address = cfg.options["address"]
     if cfg.options["bus"] == "sim":
-        from simulators.bme280 import SimBME280
+        from sensors.bme280.simulator import SimBME280
         from simulators.i2c import SimI2CBus
 
         def conditions() -> tuple[float, float, float]:
@@ -253,17 +253,17 @@ def _bme280(cfg: SensorConfig, sim: Simulation, host_root: str) -> Driver:
 
 
 def _pi_health(cfg: SensorConfig, sim: Simulation, disk_path: str) -> Driver:
-    from drivers.pi_health import PiHealthDriver
+    from drivers.host import PiHealthDriver
 
     return PiHealthDriver(host_root_of(cfg, sim), disk_path=disk_path)
 
 
 def _sds011(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
-    from drivers.sds011 import SDS011Driver
+    from sensors.sds011.driver import SDS011Driver
 
     port = cfg.options["port"]
     if port == "sim":
-        from simulators.sds011 import SimSDS011
+        from sensors.sds011.simulator import SimSDS011
 
         def conditions() -> tuple[float, float]:
             c = sim.conditions()
@@ -286,7 +286,7 @@ def _pin_factory(cfg: SensorConfig, sim: Simulation):
 
 
 def _rain_gauge(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
-    from drivers.rain_gauge import RainGaugeDriver
+    from sensors.rain_gauge.driver import RainGaugeDriver
 
     factory = _pin_factory(cfg, sim)
     pin, mm_per_tip = cfg.options["pin"], cfg.options["mm_per_tip"]
@@ -300,7 +300,7 @@ def _rain_gauge(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
 
 
 def _anemometer(cfg: SensorConfig, sim: Simulation, state_dir: str) -> Driver:
-    from drivers.anemometer import AnemometerDriver
+    from sensors.anemometer.driver import AnemometerDriver
 
     factory = _pin_factory(cfg, sim)
     pin, ms_per_hz = cfg.options["pin"], cfg.options["ms_per_hz"]

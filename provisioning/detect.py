@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
-from drivers.bme280 import CHIP_ID_BME280, OTHER_CHIPS, BME280Driver
+from sensors.bme280.driver import CHIP_ID_BME280, OTHER_CHIPS, BME280Driver
 
 from .report import Report
 
@@ -117,12 +117,12 @@ class SimulatedNode:
             return self
         from gpiozero.pins.mock import MockFactory
 
-        from simulators.bme280 import SimBME280
+        from sensors.bme280.simulator import SimBME280
+        from sensors.sds011.simulator import SimSDS011
         from simulators.environment import Environment
         from simulators.gpio import RAIN_CLOSED_S, SimPulseSource
         from simulators.host import SimHost
         from simulators.i2c import SimI2CBus
-        from simulators.sds011 import SimSDS011
 
         stack = contextlib.ExitStack()
         try:
@@ -430,7 +430,7 @@ def _wrong_chip(chip_id: int, address: int) -> str:
 
 
 def _detect_sds011(report: Report, targets: _Targets, found: Found) -> None:
-    from drivers.sds011 import SDS011Driver
+    from sensors.sds011.driver import SDS011Driver
 
     with report.step("detect.sds011") as outcome:
         if not targets.serial:
@@ -489,9 +489,9 @@ def _detect_pulses(
             outcome["detail"] = f"GPIO{pin}: {targets.pin_error}"
             return
         if driver_name == "rain_gauge":
-            from drivers.rain_gauge import RainGaugeDriver as Pulses
+            from sensors.rain_gauge.driver import RainGaugeDriver as Pulses
         else:
-            from drivers.anemometer import AnemometerDriver as Pulses
+            from sensors.anemometer.driver import AnemometerDriver as Pulses
         driver = Pulses(pin, pin_factory=targets.pin_factory)
         try:
             result = driver.probe(listen_s=listen_s)
@@ -516,7 +516,7 @@ def _detect_pulses(
 
 
 def _detect_host(report: Report, targets: _Targets, found: Found) -> None:
-    from drivers.pi_health import PiHealthDriver
+    from drivers.host import PiHealthDriver
 
     label, root = targets.host
     with report.step("detect.host") as outcome:

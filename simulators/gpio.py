@@ -1,5 +1,5 @@
 """Reed-switch pulse trains on gpiozero `MockFactory` pins: bucket tips and cup rotations, with
-contact bounce, for `drivers.rain_gauge` and `drivers.anemometer`.
+contact bounce, for `sensors.rain_gauge.driver` and `sensors.anemometer.driver`.
 
 A simulated node shares one `MockFactory` between its drivers and its sources:
 

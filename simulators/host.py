@@ -1,4 +1,4 @@
-"""A simulated Raspberry Pi host: a generated `/sys` and `/proc` tree for `drivers.pi_health`.
+"""A simulated Raspberry Pi host: a generated `/sys` and `/proc` tree for `drivers.host`.
 
 `SimHost(root)` writes the files that the driver reads, in the kernel's formats, and
 `update()` rewrites them: each call is one step of the random walks (runnable tasks, free
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.pi_health import (
+from drivers.host import (
     CPU_TEMP_FILE,
     LOADAVG_FILE,
     MEMINFO_FILE,

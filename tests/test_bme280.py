@@ -12,10 +12,10 @@ import statistics
 import pytest
 
 from drivers import BusError, Driver, SensorNotFound, WrongDevice
-from drivers.bme280 import BME280Driver
 from drivers.buses import I2CBus
 from drivers.buses.linux_i2c import LinuxI2C
-from simulators.bme280 import (
+from sensors.bme280.driver import BME280Driver
+from sensors.bme280.simulator import (
     DATASHEET_CALIBRATION,
     REG_CHIP_ID,
     REG_CTRL_HUM,

@@ -17,9 +17,9 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from drivers import BusError, Driver, DriverError, SensorNotFound
-from drivers.anemometer import AnemometerDriver
 from drivers.pulse_counter import make_pin_factory
-from drivers.rain_gauge import RainGaugeDriver
+from sensors.anemometer.driver import AnemometerDriver
+from sensors.rain_gauge.driver import RainGaugeDriver
 from simulators.gpio import HIGH, LOW, SimClock, SimPulseSource, wind_source
 
 RAIN_PIN = 6

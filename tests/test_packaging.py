@@ -33,8 +33,9 @@ def test_wheel_installs_a_working_edge_node(tmp_path):
     for expected in [
         "edge_node/config.sample.toml",
         "edge_node/schemas/reading.json",
-        "drivers/bme280.py",
-        "simulators/bme280.py",
+        "sensors/bme280/driver.py",
+        "sensors/bme280/simulator.py",
+        "operations/__init__.py",
         "provisioning/__init__.py",
         "provisioning/edge-node.service",
     ]:

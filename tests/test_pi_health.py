@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from drivers import Driver, SensorFault
-from drivers.pi_health import (
+from drivers.host import (
     CPU_TEMP_FILE,
     LOADAVG_FILE,
     MEMINFO_FILE,

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers import BusError, Driver, SensorFault, SensorNotFound
-from drivers import sds011 as sds011_driver
-from drivers.sds011 import NotAsleep, SDS011Driver
-from drivers.sds011_protocol import (
+from sensors.sds011 import driver as sds011_driver
+from sensors.sds011.driver import NotAsleep, SDS011Driver
+from sensors.sds011.protocol import (
     HEAD,
     MODE_ACTIVE,
     MODE_QUERY,
@@ -38,7 +38,7 @@ from drivers.sds011_protocol import (
     set_sleep_work,
     set_working_period,
 )
-from simulators.sds011 import SimSDS011
+from sensors.sds011.simulator import SimSDS011
 
 FRAME_S = 0.05  # the simulator's frame interval here (1 s on a real sensor)
 

@@ -22,11 +22,11 @@ def bus_kind(request):
 
 @pytest.fixture
 def bme280(bus_kind):
-    from drivers.bme280 import BME280Driver
+    from sensors.bme280.driver import BME280Driver
 
     address = int(os.environ.get("EDGE_NODE_BME280_ADDRESS", "0x76"), 0)
     if bus_kind == "sim":
-        from simulators.bme280 import SimBME280
+        from sensors.bme280.simulator import SimBME280
         from simulators.environment import Environment
         from simulators.i2c import SimI2CBus
 
@@ -48,7 +48,7 @@ def bme280(bus_kind):
 
 @pytest.fixture
 def pi_health(bus_kind, tmp_path):
-    from drivers.pi_health import PiHealthDriver
+    from drivers.host import PiHealthDriver
 
     if bus_kind == "sim":
         from simulators.host import SimHost
@@ -62,11 +62,11 @@ def pi_health(bus_kind, tmp_path):
 
 @pytest.fixture
 def sds011(bus_kind, tmp_path):
-    from drivers.sds011 import SDS011Driver
+    from sensors.sds011.driver import SDS011Driver
 
     if bus_kind == "sim":
+        from sensors.sds011.simulator import SimSDS011
         from simulators.environment import Environment
-        from simulators.sds011 import SimSDS011
 
         env = Environment(seed=1)
         device = SimSDS011(lambda: (env.now().pm2_5, env.now().pm10), frame_interval_s=0.1).start()
@@ -85,9 +85,9 @@ def sds011(bus_kind, tmp_path):
 @pytest.fixture(params=["rain_gauge", "anemometer"])
 def pulse_sensor(request, bus_kind, tmp_path):
     """A pulse sensor with pulses arriving: simulated, or (hw) turned/tipped by the technician."""
-    from drivers.anemometer import AnemometerDriver
     from drivers.pulse_counter import make_pin_factory
-    from drivers.rain_gauge import RainGaugeDriver
+    from sensors.anemometer.driver import AnemometerDriver
+    from sensors.rain_gauge.driver import RainGaugeDriver
 
     cls, pin_env, default_pin = {
         "rain_gauge": (RainGaugeDriver, "EDGE_NODE_RAIN_PIN", 6),

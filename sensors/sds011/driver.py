@@ -1,7 +1,7 @@
 """Nova Fitness SDS011 (PM2.5 and PM10, laser scattering) on a serial port, through pyserial.
 
 `port` is a device path (`/dev/serial0`, `/dev/ttyUSB0`) or any pyserial URL (`spy:///dev/serial0`
-to log the traffic in the field). The bytes are `drivers.sds011_protocol`'s business; this module
+to log the traffic in the field). The bytes are `sensors.sds011.protocol`'s business; this module
 moves them, keeps time and translates errors, once, into the `DriverError` tree.
 
 open(): opens the port, wakes the sensor (a sleeping SDS011 ignores every other command), sets
@@ -67,7 +67,7 @@ from pathlib import Path
 import serial
 
 from drivers import BusError, DriverError, ProbeResult, Reading, SensorFault, SensorNotFound
-from drivers.sds011_protocol import (
+from sensors.sds011.protocol import (
     MODE_ACTIVE,
     PERIOD_CONTINUOUS,
     DataFrame,

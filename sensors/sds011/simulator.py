@@ -1,6 +1,6 @@
 """A byte-level Nova Fitness SDS011 on a pseudo-terminal ("Laser Dust Sensor Control Protocol V1.3").
 
-Any serial code, `drivers.sds011` included, opens `sim.port` as it would `/dev/ttyUSB0`. That
+Any serial code, `sensors.sds011.driver` included, opens `sim.port` as it would `/dev/ttyUSB0`. That
 path is a symlink to the current pty's slave, so unplugging (`faults.vanish()`) and replugging
 (`faults.reappear()`) keep it stable. A pty ignores the baud rate; the frame rate is
 `frame_interval_s` (1 s on a real sensor).
@@ -30,7 +30,7 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.sds011_protocol import (
+from sensors.sds011.protocol import (
     ALL_DEVICES,
     FIRMWARE,
     MODE_ACTIVE,
