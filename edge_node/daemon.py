@@ -99,6 +99,7 @@ class Daemon:
             sync_interval_s=config.buffer.sync_interval_s,
         )
         self.ready = asyncio.Event()
+        self._stored = asyncio.Event()  # a commit: the syncer's deadline starts with the first after a sync
         self.air = NodeAir()
         self._overflow: deque[NewReading] = deque()
         self._units: dict[str, dict[str, str]] = {}  # each sensor's, recorded in the buffer when it opens
@@ -330,6 +331,7 @@ class Daemon:
         if self._overflow:  # the batch starts with them: old readings, to be sent as backlog
             self.forwarder.held(seqs[0], seqs[len(self._overflow) - 1])
             self._overflow.clear()
+        self._stored.set()
         self.forwarder.new_data.set()
 
     def _hold(self, batch: list[NewReading]) -> None:
@@ -341,10 +343,20 @@ class Daemon:
             log.error("in-memory overflow full: %d readings lost", lost)
 
     async def _sync_store(self) -> None:
+        """One fdatasync per `sync_interval_s` at most: when the oldest commit not yet on the card
+        is that old (the power-cut window), none while nothing was stored (DESIGN §3)."""
         interval = self.config.buffer.sync_interval_s
         faults = self.health.buffer_faults
         while True:
-            await asyncio.sleep(interval)
+            due = self.store.sync_due_in()
+            if due is None:  # nothing to sync: wait for a commit, or one interval for the acks
+                self._stored.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stored.wait(), interval)
+                if self.store.sync_due_in() is not None:
+                    continue
+            else:
+                await asyncio.sleep(max(0.0, due))
             errors = []  # a full or failing card: report, retry next tick
             if not self.store.appended_since_sync:  # else the acks went with the readings' commits
                 try:
@@ -359,6 +371,7 @@ class Daemon:
                 if "sync" not in faults:
                     log.error("%s", "; ".join(errors))
                 faults["sync"] = "; ".join(errors)
+                await asyncio.sleep(interval)  # the deadline has passed: retry at the interval's pace
             elif faults.pop("sync", None) is not None:
                 log.info("buffer synced to the card again")
 

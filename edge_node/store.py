@@ -9,12 +9,20 @@ Contract (DESIGN §3):
 
 Why not `synchronous=FULL`: it fsyncs on every commit, which at a street node's rate costs
 hundreds of MB of flash writes a day. We run `synchronous=NORMAL` (a commit survives a process
-crash, the database stays consistent after a power cut) and fsync the WAL ourselves every
-`sync_interval_s`, which bounds what a power cut can take. Flash writes are then set by how many
-4 KiB pages get dirtied between syncs, so: 512-byte pages (a small commit appends a small WAL
-frame), acknowledged rows deleted in the next reading's commit (one frame, not two), and
-`locking_mode=EXCLUSIVE` (the WAL index lives in our memory, not in a -shm file that would be
-written back too; the daemon is the buffer's only user while it runs).
+crash, the database stays consistent after a power cut) and fdatasync the WAL ourselves once the
+oldest commit not yet on the card is `sync_interval_s` old, and only then: that bounds what a
+power cut can take, with at most one sync per interval and none while nothing was stored.
+Flash writes are then set by the 4 KiB pages dirtied between syncs (each sync cleans the WAL's
+last page, and the next commit dirties it again: one page per interval is the floor), so:
+- 512-byte pages: a small commit appends a 536-byte WAL frame, not a 4 KiB one;
+- a reading's commit first deletes the rows acknowledged since the last one, then inserts: the
+  few live rows stay within the table's one root page, so a commit is one frame (inserting
+  first overflowed the page: a new leaf, the root and the freelist, four frames a commit);
+- the WAL is checkpointed every `CHECKPOINT_FRAMES` frames (4 MiB), not SQLite's 1000: each
+  checkpoint costs two fsyncs, and a small table rewrites the same few pages each time;
+- `locking_mode=EXCLUSIVE`: the WAL index lives in our memory, not in a -shm file that would be
+  written back too (the daemon is the buffer's only user while it runs).
+`bench/run.py` (fig_idle_and_disk) measures the bytes and counts the fsyncs.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
 """
 
 SEQ_BLOCK = 10_000  # seqs reserved outside the buffer at a time (one small fsynced write each)
+CHECKPOINT_FRAMES = 8192  # WAL frames (512 B pages) between checkpoints: 4 MiB, = journal_size_limit
 
 # Per-row bytes besides the body: rowid, reals, boot id, cell headers. Used for `max_bytes`.
 ROW_OVERHEAD = 72
@@ -129,7 +138,8 @@ class Store:
         self._units: dict[str, str] = {}
         self._reserved = 0
         self._acked: set[int] = set()
-        self.appended_since_sync = False
+        self.appended_since_sync = False  # readings stored since the last sync (acks then go with them)
+        self._unsynced_since: float | None = None  # monotonic time of the oldest commit not yet synced
         self._sync_failed = False
         self.moved_aside: Path | None = None
         self.last_sync = time.monotonic()
@@ -223,13 +233,14 @@ class Store:
             raise StoreError(f"{self.path}: cannot open buffer: {err}") from err
         try:
             db.execute("PRAGMA page_size=512")
+            db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_FRAMES}")
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             # 256 KiB of page cache, not 2 MiB: draining 1M rows reads each page once, and the
             # kernel caches the file anyway; this keeps the daemon's RSS within 5 MB of idle.
             db.execute("PRAGMA cache_size=-256")
-            db.execute("PRAGMA journal_size_limit=4194304")
+            db.execute(f"PRAGMA journal_size_limit={CHECKPOINT_FRAMES * 512}")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise CorruptBuffer(f"{self.path}: buffer failed quick_check: {check}")
@@ -386,8 +397,8 @@ class Store:
         try:
             self._reserve(seq)
             db.execute("BEGIN")
+            gone, gone_bytes = self._delete_rows(db, acked)  # first: the page then has room (docstring)
             db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            gone, gone_bytes = self._delete_rows(db, acked)  # same pages, same commit: one WAL frame
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as err:
             if db.in_transaction:
@@ -396,7 +407,7 @@ class Store:
         self._acked.difference_update(acked)
         self._rows -= gone
         self._bytes -= gone_bytes
-        self.appended_since_sync = True
+        self._stored()
         self._next_seq = seq
         self._rows += len(rows)
         self._bytes += added
@@ -428,6 +439,7 @@ class Store:
             db.execute("DELETE FROM readings WHERE seq <= ?", (top,))
             self._bump_meta(db, seq_hwm=top, dropped=count)
             db.execute("COMMIT")
+            self._stored()
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -449,6 +461,7 @@ class Store:
             self._bump_meta(self._conn, seq_hwm=0, dropped=count)
         except sqlite3.Error as err:
             raise StoreError(f"{self.path}: cannot count dropped readings: {err}") from err
+        self._stored()
         self._dropped += count
 
     @staticmethod
@@ -512,14 +525,31 @@ class Store:
             data += got[1]
         return count, data + count * ROW_OVERHEAD  # rows, and the bytes they counted for
 
+    def _stored(self) -> None:
+        """Something that a power cut must not take was committed (readings, the dropped count)."""
+        self.appended_since_sync = True
+        if self._unsynced_since is None:
+            self._unsynced_since = time.monotonic()
+
+    def sync_due_in(self) -> float | None:
+        """Seconds until the oldest commit not yet on the card is `sync_interval_s` old; None if
+        every commit that matters is synced (deleting acknowledged rows needs no sync: a power
+        cut that undid it would only make the node send them again)."""
+        since = self._unsynced_since
+        return None if since is None else since + self.sync_interval_s - time.monotonic()
+
     def sync(self) -> None:
-        """Make every commit so far survive a power cut (see module docstring). Thread-safe."""
+        """Make every commit so far survive a power cut (see module docstring); no fdatasync when
+        nothing was stored since the last. Thread-safe."""
+        since, self._unsynced_since = self._unsynced_since, None
         self.appended_since_sync = False
         try:
-            if self._wal_fd is not None:
-                os.fsync(self._wal_fd)
+            if self._wal_fd is not None and since is not None:
+                os.fdatasync(self._wal_fd)
         except OSError as err:
             self.appended_since_sync = True  # still not on the card
+            if self._unsynced_since is None:
+                self._unsynced_since = since
             # and maybe never: Linux may drop the pages a failed fsync left, so a later fsync that
             # succeeds proves nothing about them; the stop can no longer be called clean
             self._sync_failed = True
