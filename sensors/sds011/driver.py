@@ -52,7 +52,6 @@ The one exception is `NotAsleep`, which keeps the port.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -82,6 +81,7 @@ from sensors.sds011.protocol import (
     set_sleep_work,
     set_working_period,
 )
+from drivers.serial_port import duty_cycle, open_port, port_error
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,7 @@ class SDS011Driver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.port = port
-        self.duty: tuple[float, float] | None = None
-        if duty is not None:
-            on_s, off_s = float(duty["on_s"]), float(duty["off_s"])
-            if on_s <= 0 or off_s < 0:
-                raise ValueError(f"duty needs on_s > 0 and off_s >= 0 (got {dict(duty)})")
-            self.duty = (on_s, off_s)
+        self.duty = duty_cycle(duty)
         self.state_path = None if state_path is None else Path(state_path)
         self._clock = clock
         self.firmware: str | None = None  # "YY-MM-DD", once the sensor said
@@ -162,14 +157,7 @@ class SDS011Driver:
     def open(self) -> None:
         """Open the port, wake and configure the sensor. Raises SensorNotFound, SensorFault or BusError."""
         self._drop()
-        try:
-            self._serial = serial.serial_for_url(self.port, baudrate=BAUDRATE, timeout=READ_TIMEOUT_S)
-        except ValueError as err:  # an unknown URL scheme or bad parameters
-            raise SensorNotFound(f"{self.port}: not a usable serial port ({err})") from err
-        except OSError as err:  # SerialException is an OSError
-            if err.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-                raise SensorNotFound(f"no serial port at {self.port} ({os.strerror(err.errno)})") from err
-            raise self._bus_error(err) from err
+        self._serial = open_port(self.port, BAUDRATE, READ_TIMEOUT_S)
         try:
             self._configure()
         except DriverError:
@@ -432,7 +420,7 @@ class SDS011Driver:
         try:
             return operation()
         except OSError as err:  # SerialException is an OSError
-            raise self._bus_error(err) from err
+            raise port_error(self.port, err) from err
 
     def _drop(self) -> None:
         """Close the port; until a reopen, nothing is known about the laser."""
@@ -446,10 +434,6 @@ class SDS011Driver:
         self._account(laser_on=False)
 
     # -- errors, identity, laser hours ------------------------------------------------------------
-
-    def _bus_error(self, err: OSError) -> BusError:
-        message = f"serial port {self.port} failed: {err.strerror or err}"
-        return BusError(err.errno, message) if err.errno else BusError(message)
 
     def _no_frames(self, what: str) -> DriverError:
         if not self._received:
