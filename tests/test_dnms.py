@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers import BusError, Driver, SensorFault, SensorNotFound, WrongDevice
-from drivers.dnms import DNMSDriver
-from drivers.dnms_protocol import (
+from drivers.sensirion import CRCError, crc8
+from sensors.dnms.driver import DNMSDriver
+from sensors.dnms.protocol import (
     CALCULATE_LEQ,
     READ_LEQ,
     Levels,
@@ -22,8 +23,7 @@ from drivers.dnms_protocol import (
     encode_levels,
     encode_version,
 )
-from drivers.sensirion_words import CRCError, crc8
-from simulators.dnms import SimDNMS
+from sensors.dnms.simulator import SimDNMS
 from simulators.i2c import SimI2CBus
 
 
@@ -145,7 +145,7 @@ def test_another_device_at_0x55_is_a_wrong_device(driver, sim):
 
 
 def test_a_hung_module_times_out_as_a_sensor_fault(driver, sim, monkeypatch):
-    from drivers import dnms
+    from sensors.dnms import driver as dnms
 
     monkeypatch.setattr(dnms, "READY_TIMEOUT_S", 0.1)
     driver.open()

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers import BusError, Driver, SensorFault, SensorNotFound
-from drivers.pms5003 import COUNT_UNIT, PMS5003Driver
-from drivers.pms5003_protocol import (
+from sensors.pms5003.driver import COUNT_UNIT, PMS5003Driver
+from sensors.pms5003.protocol import (
     CHANGE_MODE,
     MODE_ACTIVE,
     MODE_PASSIVE,
@@ -30,7 +30,7 @@ from drivers.pms5003_protocol import (
     set_mode,
     set_sleep,
 )
-from simulators.pms5003 import SimPMS5003, particle_counts
+from sensors.pms5003.simulator import SimPMS5003, particle_counts
 
 FRAME_S = 0.05
 
@@ -132,7 +132,7 @@ def test_adafruits_decoder_reads_our_frames_as_we_do(frame):
 
 @given(st.sampled_from([READ_PASSIVE, CHANGE_MODE, SLEEP_WAKE]), st.integers(0, 1), noise)
 def test_commands_round_trip_through_the_command_parser(command, value, junk):
-    from drivers.pms5003_protocol import encode_command
+    from sensors.pms5003.protocol import encode_command
 
     assert CommandParser().feed(junk + encode_command(command, value) + junk) == [Command(command, value)]
 
@@ -272,7 +272,7 @@ def test_an_unplugged_sensor_fails_reads_and_recovers_when_plugged_back(sim):
 @pytest.fixture
 def short_waits(monkeypatch):
     """Give up on a silent or deaf sensor sooner than in the field (1 s per command, 3 s for frames)."""
-    from drivers import pms5003
+    from sensors.pms5003 import driver as pms5003
 
     monkeypatch.setattr(pms5003, "REPLY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(pms5003, "FRAME_TIMEOUT_S", 0.5)

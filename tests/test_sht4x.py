@@ -8,10 +8,10 @@ import time
 import pytest
 
 from drivers import BusError, Driver, SensorFault, SensorNotFound
-from drivers.sensirion_words import CRCError, crc8, decode_words, encode_words
-from drivers.sht4x import HEATER_ABOVE_RH, SHT4xDriver
+from drivers.sensirion import CRCError, crc8, decode_words, encode_words
+from sensors.sht4x.driver import HEATER_ABOVE_RH, SHT4xDriver
+from sensors.sht4x.simulator import SimSHT4x, raw_humidity, raw_temperature
 from simulators.i2c import SimI2CBus
-from simulators.sht4x import SimSHT4x, raw_humidity, raw_temperature
 
 
 def test_crc8_is_sensirions():

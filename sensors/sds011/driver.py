@@ -66,6 +66,7 @@ from pathlib import Path
 import serial
 
 from drivers import BusError, DriverError, ProbeResult, Reading, SensorFault, SensorNotFound
+from drivers.serial_port import duty_cycle, open_port, port_error
 from sensors.sds011.protocol import (
     MODE_ACTIVE,
     PERIOD_CONTINUOUS,
@@ -81,7 +82,6 @@ from sensors.sds011.protocol import (
     set_sleep_work,
     set_working_period,
 )
-from drivers.serial_port import duty_cycle, open_port, port_error
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Plantower PMS5003 (PM1, PM2.5, PM10 and particle counts, laser scattering) on a serial port.
 
 `port` is a device path (`/dev/serial0`, `/dev/ttyUSB0`), any pyserial URL or a simulator's pty.
-The bytes are `drivers.pms5003_protocol`'s business; this module moves them, keeps time and
+The bytes are `sensors.pms5003.protocol`'s business; this module moves them, keeps time and
 translates errors, once, into the `DriverError` tree.
 
 Why not Adafruit's `adafruit-circuitpython-pm25`: it reads active-mode frames only (no passive
@@ -51,7 +51,8 @@ from collections.abc import Callable, Mapping
 import serial
 
 from drivers import DriverError, ProbeResult, Reading, SensorFault, SensorNotFound
-from drivers.pms5003_protocol import (
+from drivers.serial_port import duty_cycle, open_port, port_error
+from sensors.pms5003.protocol import (
     CHANGE_MODE,
     DATA_WORDS,
     MODE_ACTIVE,
@@ -65,7 +66,6 @@ from drivers.pms5003_protocol import (
     set_mode,
     set_sleep,
 )
-from drivers.serial_port import duty_cycle, open_port, port_error
 
 log = logging.getLogger(__name__)
 

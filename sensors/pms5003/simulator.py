@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers.pms5003_protocol import (
+from sensors.pms5003.protocol import (
     CHANGE_MODE,
     MODE_ACTIVE,
     MODE_PASSIVE,

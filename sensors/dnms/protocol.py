@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from drivers import SensorFault
-from drivers.sensirion_words import WORD_BYTES, decode_words, encode_words
+from drivers.sensirion import WORD_BYTES, decode_words, encode_words
 
 ADDRESS = 0x55
 

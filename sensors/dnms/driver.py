@@ -1,6 +1,6 @@
 """DNMS sound level meter (Sensor.Community's traffic-noise sensor) on I2C, our own driver.
 
-No maintained Python driver exists; `drivers.dnms_protocol` holds the bytes, this module moves
+No maintained Python driver exists; `sensors.dnms.protocol` holds the bytes, this module moves
 them over a `drivers.buses.I2CBus` and translates errors, once, into the `DriverError` tree.
 
 open(): reads the version string (it must start "DNMS"; anything else answering at the address
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 from drivers import BusError, DriverError, ProbeResult, Reading, SensorFault, SensorNotFound, WrongDevice
 from drivers.buses import I2CBus
-from drivers.dnms_protocol import (
+from sensors.dnms.protocol import (
     ADDRESS,
     CALCULATE_LEQ,
     DATA_READY_WORDS,

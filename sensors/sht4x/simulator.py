@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers.sensirion_words import encode_words
+from drivers.sensirion import encode_words
 from simulators.i2c import nack
 
 MEASURE_HIGH = 0xFD

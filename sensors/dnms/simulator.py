@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers.dnms_protocol import (
+from sensors.dnms.protocol import (
     CALCULATE_LEQ,
     READ_DATA_READY,
     READ_LEQ,
