@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import shutil
-import tempfile
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,8 +121,13 @@ class Simulation:
         return c
 
     def workdir(self) -> Path:
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="edge-node-sim-"))
+        """The simulators' private directory (0700, like tempfile.mkdtemp's: tempfile and shutil
+        would cost the daemon 0.8 MB of RSS, issue 17)."""
+        while self._workdir is None:
+            path = Path(os.environ.get("TMPDIR") or "/tmp") / f"edge-node-sim-{os.urandom(6).hex()}"
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+                self._workdir = path
         return self._workdir
 
     def add(self, sensor: str, driver: str, device: object) -> object:
@@ -180,7 +184,21 @@ class Simulation:
             with contextlib.suppress(Exception):
                 self.pin_factory.close()
         if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            _remove_tree(self._workdir)
+
+
+def _remove_tree(root: Path) -> None:
+    """shutil.rmtree(root, ignore_errors=True), without loading shutil into the daemon."""
+    for parent, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(parent, name))
+        for name in dirs:
+            path = os.path.join(parent, name)
+            with contextlib.suppress(OSError):
+                os.unlink(path) if os.path.islink(path) else os.rmdir(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(root)
 
 
 def check_faults(config: Config) -> None:
