@@ -36,8 +36,9 @@ run`) never loads it.
 | `edge_node_disk_free_megabytes` | node | free space on the buffer's filesystem |
 | `edge_node_under_voltage` | node | 1 under-voltage now or since boot |
 | `edge_node_clock_synced` | node | 1 when the node's clock is synchronised |
-| `edge_node_malformed_total` | node | malformed messages received from it |
+| `edge_node_malformed_total` | node | messages refused plus fields dropped from it |
 | `edge_node_needs_visit` | node | 1 when any rule below fires |
+| `edge_node_fleet_ignored_messages_total` | reason | `over_node_cap` or `unattributed` (below) |
 
 Needs-a-visit rules (thresholds are `Rules` fields; the CLI exposes the time ones for tests):
 
@@ -65,30 +66,46 @@ Sequence gaps: a node's `seq` is contiguous across all its sensors, so over the 
 (watch: since start) the gaps are the seqs missing between the lowest and highest seen, minus the
 node's current backlog (those may still be in its buffer, to arrive as backfill); duplicates and
 backfill are fine. A node already draining when the view started can show a few transient gaps.
+The seqs are kept as runs (`SeqRuns`): past 256 holes per node the oldest run is forgotten and
+its hole counted for good. Backlog growth is judged over the listening window (watch: the last
+15 minutes, at most 64 samples).
 
-Malformed messages (not JSON, not an object, wrong types) never stop the view: they are counted
-per node (`malformed` in `--json`) and otherwise ignored.
+Everything a node sends is untrusted data, read through `edge_node.untrusted`: each field is
+checked (type, finite, range, length, characters) and a bad one dropped and counted in the
+node's `malformed`, the rest of its row kept; every string is reduced to printable text of
+bounded length before it reaches the terminal, `--json` (strict JSON, never `NaN`) or a
+Prometheus label. A message that cannot be read at all is counted against its node, or, when
+its node has no row yet (rows are made only by a readable message from a valid id), as
+`unattributed`. At most `--max-nodes` (2,000) nodes are tracked; messages from more are
+counted (`over_node_cap`), shown in the summary line, on stderr with `--json`, and in
+`/metrics`. No exception from a message reaches the loop serving the table, `--json` or
+`/metrics`.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
-import math
-import re
 import signal
 import ssl
 import sys
 import threading
 import time
 import uuid
+from collections import deque
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from .untrusted import Heartbeat, Malformed, Status, is_node_id, parse_heartbeat, parse_reading, parse_status
+
 DEFAULT_PREFIX = "city/terrassa/nodes"
-NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 HEARTBEATS_FOR_SILENT = 3
+WATCH_WINDOW_S = 900.0  # --watch: backlog growth is judged over the last 15 minutes
+DEFAULT_MAX_NODES = 2000  # a 1,000-node city with room to grow; --max-nodes
+MAX_SEQ_RANGES = 256  # per node: runs of seqs seen; more fragments than that forget the oldest
+MAX_BACKLOG_SAMPLES = 64  # per node, within the window
 
 
 class Rules:
@@ -118,83 +135,12 @@ class Rules:
         self.clock_grace_s = clock_grace_s
 
 
-class Malformed(ValueError):
-    pass
-
-
-# -- payload helpers ----------------------------------------------------------------------------
-
-
-def _ts(value) -> float | None:
-    """RFC 3339 → epoch seconds; None when absent or unparsable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _num(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _obj(payload: bytes) -> dict:
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise Malformed(f"not JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise Malformed("not a JSON object")
-    return data
-
-
-def _check_status(data: dict) -> dict:
-    if data.get("state") not in ("online", "offline"):
-        raise Malformed("status: bad state")
-    if data["state"] == "offline" and data.get("reason") not in ("lost", "shutdown"):
-        raise Malformed("status: bad reason")
-    return data
-
-
-def _check_heartbeat(data: dict) -> dict:
-    for key in ("backlog", "dropped", "seq_sent"):
-        if _num(data.get(key)) is None:
-            raise Malformed(f"heartbeat: {key} is not a number")
-    if _ts(data.get("ts")) is None:
-        raise Malformed("heartbeat: bad ts")
-    sensors = data.get("sensors")
-    if not isinstance(sensors, dict) or not all(isinstance(s, dict) for s in sensors.values()):
-        raise Malformed("heartbeat: sensors is not an object of objects")
-    if not isinstance(data.get("host"), dict):
-        raise Malformed("heartbeat: host is not an object")
-    if "buffer" in data and not isinstance(data["buffer"], dict):
-        raise Malformed("heartbeat: buffer is not an object")
-    return data
-
-
-def _reading_seqs(data: dict) -> list[int]:
-    readings = data.get("readings")
-    if not isinstance(readings, list) or not readings:
-        raise Malformed("reading: no readings list")
-    seqs = []
-    for r in readings:
-        seq = r.get("seq") if isinstance(r, dict) else None
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise Malformed("reading: bad seq")
-        seqs.append(seq)
-    return seqs
-
-
-def _under_voltage(throttled) -> bool:
-    if not isinstance(throttled, dict):
+def _under_voltage(throttled: dict | None) -> bool:
+    if not throttled:
         return False
     if throttled.get("under_voltage_now") is True or throttled.get("under_voltage_since_boot") is True:
         return True
-    raw = throttled.get("raw")
-    return isinstance(raw, int) and not isinstance(raw, bool) and bool(raw & 0x10001)
+    return bool(throttled.get("raw", 0) & 0x10001)
 
 
 def _age(seconds: float | None) -> str:
@@ -213,27 +159,104 @@ def _age(seconds: float | None) -> str:
 # -- the model ----------------------------------------------------------------------------------
 
 
+class SeqRuns:
+    """The seqs seen from one node as sorted, disjoint runs `[first, last]`, so memory follows
+    the number of holes, not of readings (a healthy node is one run). Beyond `max_runs` the
+    oldest run is forgotten and the hole above it counted for good in `forgotten_gaps`; seqs
+    below `floor` are ignored from then on."""
+
+    __slots__ = ("firsts", "lasts", "floor", "forgotten_gaps", "max_runs")
+
+    def __init__(self, max_runs: int = MAX_SEQ_RANGES):
+        self.firsts: list[int] = []
+        self.lasts: list[int] = []
+        self.floor = 0
+        self.forgotten_gaps = 0
+        self.max_runs = max_runs
+
+    def __bool__(self) -> bool:
+        return bool(self.firsts)
+
+    def add(self, seq: int) -> None:
+        if seq < self.floor:
+            return
+        firsts, lasts = self.firsts, self.lasts
+        i = bisect.bisect_right(firsts, seq)  # runs[:i] start at or below seq
+        if i and lasts[i - 1] >= seq:
+            return  # a duplicate
+        joins_left = i and lasts[i - 1] == seq - 1
+        joins_right = i < len(firsts) and firsts[i] == seq + 1
+        if joins_left and joins_right:
+            lasts[i - 1] = lasts[i]
+            del firsts[i], lasts[i]
+        elif joins_left:
+            lasts[i - 1] = seq
+        elif joins_right:
+            firsts[i] = seq
+        else:
+            firsts.insert(i, seq)
+            lasts.insert(i, seq)
+            if len(firsts) > self.max_runs:
+                self.forgotten_gaps += firsts[1] - lasts[0] - 1
+                self.floor = firsts[1]
+                del firsts[0], lasts[0]
+
+    def seen(self) -> int:
+        return sum(last - first + 1 for first, last in zip(self.firsts, self.lasts, strict=True))
+
+    def missing(self) -> int:
+        """Seqs missing between the lowest and highest seen, forgotten holes included."""
+        if not self.firsts:
+            return 0
+        return self.forgotten_gaps + (self.lasts[-1] - self.firsts[0] + 1) - self.seen()
+
+
 class Node:
+    __slots__ = (
+        "id",
+        "status",
+        "heartbeat",
+        "hb_arrivals",
+        "backlog_samples",
+        "seqs",
+        "last_live",
+        "malformed",
+    )
+
     def __init__(self, node_id: str):
         self.id = node_id
-        self.status: dict | None = None
-        self.heartbeat: dict | None = None
-        self.hb_arrivals: list[float] = []  # arrival times of live heartbeats (for the interval)
-        self.backlog_samples: list[tuple[float, int]] = []  # (arrival, backlog) within the window
-        self.seqs: set[int] = set()
+        self.status: Status | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.hb_arrivals: deque[float] = deque(maxlen=5)  # arrivals of live heartbeats (the interval)
+        self.backlog_samples: deque[tuple[float, int]] = deque(maxlen=MAX_BACKLOG_SAMPLES)
+        self.seqs = SeqRuns()
         self.last_live: float | None = None  # arrival of the newest non-retained message
-        self.malformed = 0
+        self.malformed = 0  # messages refused plus fields dropped
 
 
 class Fleet:
-    """Everything heard under the prefix; thread-safe (`ingest` from the MQTT thread)."""
+    """Everything heard under the prefix; thread-safe (`ingest` from the MQTT thread).
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX, rules: Rules | None = None, window_s: float = 60.0):
+    Bounded: at most `max_nodes` nodes are tracked (messages from more are counted in
+    `over_node_cap`), each in bounded state (`SeqRuns`, a window of backlog samples, the
+    caps of `edge_node.untrusted`). Messages that name no valid node, or that are refused before
+    their node was ever heard properly, are counted in `unattributed` rather than making a row.
+    """
+
+    def __init__(
+        self,
+        prefix: str = DEFAULT_PREFIX,
+        rules: Rules | None = None,
+        window_s: float = 60.0,
+        max_nodes: int = DEFAULT_MAX_NODES,
+    ):
         self.prefix = prefix.rstrip("/")
         self.rules = rules or Rules()
         self.window_s = window_s
+        self.max_nodes = max_nodes
         self.nodes: dict[str, Node] = {}
-        self.malformed_topics = 0  # messages whose topic names no valid node
+        self.unattributed = 0  # messages refused whose node has no row
+        self.over_node_cap = 0  # valid messages from nodes beyond max_nodes, ignored
         self._lock = threading.Lock()
 
     def topics(self) -> list[str]:
@@ -241,40 +264,53 @@ class Fleet:
         return [f"{p}/+/status", f"{p}/+/heartbeat", f"{p}/+/reading/+"]
 
     def ingest(self, topic: str, payload: bytes, retained: bool = False, now: float | None = None) -> None:
+        """One message; never raises for anything a node can send."""
         now = time.time() if now is None else now
-        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else None
-        parts = rest.split("/") if rest else []
+        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
+        parts = rest.split("/")
+        node_id = parts[0]
         with self._lock:
-            if len(parts) < 2 or not NODE_ID.match(parts[0]):
-                self.malformed_topics += 1
+            node = self.nodes.get(node_id)
+            if node is None and (len(parts) < 2 or not is_node_id(node_id)):
+                self.unattributed += 1
                 return
-            node = self.nodes.get(parts[0])
-            if node is None:
-                node = self.nodes[parts[0]] = Node(parts[0])
             if not payload:  # a cleared retained message: forget it
-                if parts[1] == "status":
+                if node is not None and parts[1:] == ["status"]:
                     node.status = None
-                elif parts[1] == "heartbeat":
+                elif node is not None and parts[1:] == ["heartbeat"]:
                     node.heartbeat = None
                 return
             try:
-                self._apply(node, parts, _obj(payload), retained, now)
+                record = _parse(parts[1:], payload, now)
             except Malformed:
-                node.malformed += 1
+                if node is None:
+                    self.unattributed += 1
+                else:
+                    node.malformed += 1
+                return
+            if node is None:
+                if len(self.nodes) >= self.max_nodes:
+                    self.over_node_cap += 1
+                    return
+                node = self.nodes[node_id] = Node(node_id)
+            self._apply(node, record, retained, now)
 
-    def _apply(self, node: Node, parts: list[str], data: dict, retained: bool, now: float) -> None:
-        kind = parts[1]
-        if kind == "status" and len(parts) == 2:
-            node.status = _check_status(data)
-        elif kind == "heartbeat" and len(parts) == 2:
-            node.heartbeat = _check_heartbeat(data)
-            node.backlog_samples.append((now, int(data["backlog"])))
+    def _apply(self, node: Node, record, retained: bool, now: float) -> None:
+        node.malformed += record.bad_fields
+        if isinstance(record, Status):
+            node.status = record
+        elif isinstance(record, Heartbeat):
+            node.heartbeat = record
+            if record.backlog is not None:
+                samples = node.backlog_samples
+                while samples and samples[0][0] < now - self.window_s:
+                    samples.popleft()
+                samples.append((now, record.backlog))
             if not retained:
-                node.hb_arrivals = [*node.hb_arrivals[-4:], now]
-        elif kind == "reading" and len(parts) == 3:
-            node.seqs.update(_reading_seqs(data))
+                node.hb_arrivals.append(now)
         else:
-            raise Malformed("unexpected topic")
+            for seq in record.seqs:
+                node.seqs.add(seq)
         if not retained:
             node.last_live = now
 
@@ -284,22 +320,29 @@ class Fleet:
         """One dict per node, worst first (the `--json` objects)."""
         now = time.time() if now is None else now
         with self._lock:
-            rows = [self._row(n, now) for n in self.nodes.values()]
+            rows = [self._safe_row(n, now) for n in self.nodes.values()]
         rows.sort(key=_badness)
         return rows
 
+    def _safe_row(self, node: Node, now: float) -> dict:
+        try:
+            return self._row(node, now)
+        except Exception:  # a bug here must not blind the operator to every other node
+            node.heartbeat = node.status = None
+            node.malformed += 1
+            return self._row(node, now)
+
     def _row(self, node: Node, now: float) -> dict:
         r = self.rules
-        hb = node.heartbeat or {}
-        host = hb.get("host") if isinstance(hb.get("host"), dict) else {}
-        hb_ts = _ts(hb.get("ts"))
+        hb = node.heartbeat
+        hb_ts = hb.ts if hb else None
         heard = [t for t in (hb_ts, node.last_live) if t is not None]
-        last_seen = max(heard) if heard else None
-        seen_age = None if last_seen is None else max(0.0, now - last_seen)
+        last_seen = min(max(heard), now) if heard else None
+        seen_age = None if last_seen is None else now - last_seen
         reasons: list[str] = []
 
         # state
-        status = node.status or {}
+        status = node.status
         hb_age = None if hb_ts is None else now - hb_ts
         interval = None
         if len(node.hb_arrivals) >= 2:
@@ -307,58 +350,54 @@ class Fleet:
         silent_after = r.silent_after_s
         if interval:
             silent_after = min(silent_after, HEARTBEATS_FOR_SILENT * interval)
-        if status.get("state") == "offline":
-            state, reason = "offline", status.get("reason")
+        if status and status.state == "offline":
+            state, reason = "offline", status.reason
         elif hb_age is not None and hb_age > silent_after:
             state, reason = "offline", "silent"
-        elif status.get("state") == "online":
+        elif status and status.state == "online":
             state, reason = "online", None
         else:
             state, reason = "unknown", None
         if state == "offline" and (seen_age is None or seen_age > r.offline_after_s):
-            reasons.append(f"offline ({reason}) for {_age(seen_age)}")
+            reasons.append(f"offline ({reason or 'no reason given'}) for {_age(seen_age)}")
 
         # sensors
         faults, stale = {}, []
-        sensors = hb.get("sensors") if isinstance(hb.get("sensors"), dict) else {}
-        for name, s in sorted(sensors.items()):
-            if s.get("state") == "fault":
-                faults[name] = str(s.get("error") or "fault")
+        sensors = dict(sorted(hb.sensors.items())) if hb else {}
+        for name, s in sensors.items():
+            if s.state == "fault":
+                faults[name] = s.error or "fault"
                 reasons.append(f"sensor {name} fault: {faults[name]}")
-            last_ok = _ts(s.get("last_ok"))
-            if last_ok is not None and hb_ts is not None and hb_ts - last_ok > r.stale_after_s:
+            if s.last_ok is not None and hb_ts is not None and hb_ts - s.last_ok > r.stale_after_s:
                 stale.append(name)
                 if name not in faults:
-                    reasons.append(f"sensor {name} stale for {_age(hb_ts - last_ok)}")
-            life = _num(s.get("laser_life_used"))
-            if life is not None and life > r.laser_life_max:
-                reasons.append(f"sensor {name} laser life used {life:.0%}")
+                    reasons.append(f"sensor {name} stale for {_age(hb_ts - s.last_ok)}")
+            if s.laser_life_used is not None and s.laser_life_used > r.laser_life_max:
+                reasons.append(f"sensor {name} laser life used {s.laser_life_used:.0%}")
 
         # backlog
-        backlog = _num(hb.get("backlog"))
-        oldest = _num(hb.get("oldest_unsent_age_s"))
+        backlog = hb.backlog if hb else None
+        oldest = hb.oldest_unsent_age_s if hb else None
         window = [b for t, b in node.backlog_samples if t >= now - self.window_s]
         growth = window[-1] - window[0] if len(window) >= 2 else 0
         if growth > r.backlog_growth:
             reasons.append(f"backlog growing (+{growth} to {window[-1]})")
         elif oldest is not None and oldest > r.oldest_unsent_max_s:
             reasons.append(f"oldest unsent reading {_age(oldest)} old")
-        if isinstance(hb.get("buffer"), dict) and hb["buffer"].get("state") == "fault":
-            reasons.append(f"buffer fault: {hb['buffer'].get('error') or 'cannot write'}")
+        if hb and hb.buffer_fault is not None:
+            reasons.append(f"buffer fault: {hb.buffer_fault}")
 
         # host
-        cpu = _num(host.get("cpu_temp_c"))
-        disk = _num(host.get("disk_free_mb"))
-        throttled = host.get("throttled") if isinstance(host.get("throttled"), dict) else None
+        cpu = hb.cpu_temp_c if hb else None
+        disk = hb.disk_free_mb if hb else None
+        throttled = hb.throttled if hb else None
         uv = _under_voltage(throttled)
-        synced = host.get("clock_synced") if isinstance(host.get("clock_synced"), bool) else None
-        uptime = _num(hb.get("uptime_s"))
+        synced = hb.clock_synced if hb else None
+        uptime = hb.uptime_s if hb else None
         if disk is not None and disk < r.disk_min_mb:
             reasons.append(f"disk nearly full ({disk:.0f} MB free)")
         if uv:
-            now_flag = throttled.get("under_voltage_now") is True or (
-                isinstance(throttled.get("raw"), int) and throttled["raw"] & 1
-            )
+            now_flag = throttled.get("under_voltage_now") is True or throttled.get("raw", 0) & 1
             reasons.append("under-voltage " + ("now" if now_flag else "since boot"))
         if cpu is not None and cpu > r.cpu_temp_max_c:
             reasons.append(f"CPU hot ({cpu:.0f} °C)")
@@ -366,10 +405,7 @@ class Fleet:
             reasons.append(f"clock not synced after {_age(uptime)} up")
 
         # sequence gaps
-        gaps = 0
-        if node.seqs:
-            missing = (max(node.seqs) - min(node.seqs) + 1) - len(node.seqs)
-            gaps = max(0, missing - int(backlog or 0))
+        gaps = max(0, node.seqs.missing() - (backlog or 0))
 
         return {
             "node": node.id,
@@ -379,24 +415,44 @@ class Fleet:
             if last_seen is None
             else datetime.fromtimestamp(last_seen).astimezone().isoformat(),
             "last_seen_age_s": None if seen_age is None else round(seen_age, 1),
-            "backlog": None if backlog is None else int(backlog),
+            "backlog": backlog,
             "oldest_unsent_age_s": oldest,
-            "dropped": None if _num(hb.get("dropped")) is None else int(hb["dropped"]),
+            "dropped": hb.dropped if hb else None,
             "seq_gaps": gaps,
-            "seqs_seen": len(node.seqs),
+            "seqs_seen": node.seqs.seen(),
             "sensor_faults": faults,
             "stale_sensors": stale,
-            "sensors": {n: s.get("state") for n, s in sorted(sensors.items())},
+            "sensors": {n: s.state for n, s in sensors.items()},
+            "sensors_over_cap": hb.sensors_over_cap if hb else 0,
             "cpu_temp_c": cpu,
             "throttled": throttled,
             "under_voltage": uv,
             "disk_free_mb": disk,
             "clock_synced": synced,
             "uptime_s": uptime,
-            "version": status.get("version"),
+            "version": status.version if status else None,
             "malformed": node.malformed,
             "needs_visit": reasons,
         }
+
+    def ignored(self) -> str:
+        """What the view did not track, for the summary line and stderr ('' when nothing)."""
+        parts = []
+        if self.over_node_cap:
+            parts.append(f"{self.over_node_cap} messages from nodes over the cap of {self.max_nodes} ignored")
+        if self.unattributed:
+            parts.append(f"{self.unattributed} malformed messages from no known node")
+        return "; ".join(parts)
+
+
+def _parse(kind: list[str], payload: bytes, now: float):
+    if kind == ["status"]:
+        return parse_status(payload)
+    if kind == ["heartbeat"]:
+        return parse_heartbeat(payload, now)
+    if len(kind) == 2 and kind[0] == "reading":
+        return parse_reading(kind[1], payload)
+    raise Malformed("unexpected topic")
 
 
 def _badness(row: dict):
@@ -432,20 +488,21 @@ def _cells(r: dict) -> tuple[str, ...]:
     )
 
 
-def summary(rows: list[dict]) -> str:
+def summary(rows: list[dict], ignored: str = "") -> str:
     online = sum(1 for r in rows if r["state"] == "online")
     offline = sum(1 for r in rows if r["state"] == "offline")
     visit = sum(1 for r in rows if r["needs_visit"])
-    return f"{len(rows)} nodes, {online} online, {offline} offline, {visit} need a visit"
+    line = f"{len(rows)} nodes, {online} online, {offline} offline, {visit} need a visit"
+    return f"{line}; {ignored}" if ignored else line
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], ignored: str = "") -> str:
     """Plain text, aligned columns; the VISIT column lists the reasons (or `-`)."""
     body = [_cells(r) for r in rows]
     widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)).rstrip() for b in body]
-    lines.append(summary(rows))
+    lines.append(summary(rows, ignored))
     return "\n".join(lines)
 
 
@@ -462,7 +519,7 @@ VISIT_MIN_WIDTH = 24
 COLUMN_GAP = 3  # rich's padding either side of a column plus the rule between columns
 
 
-def live_table(rows: list[dict], console, title: str):
+def live_table(rows: list[dict], console, title: str, ignored: str = ""):
     """The `--watch` table (a rich renderable): the rows, worst first, coloured by state, in as
     many of the COLUMNS as fit the console's width and as many rows as fit its height (rows
     wrap, so that is measured, not counted); the caption says what is not shown."""
@@ -480,7 +537,7 @@ def live_table(rows: list[dict], console, title: str):
     left_out = [c for c in COLUMNS if c not in columns]
 
     def build(shown: int) -> Table:
-        caption = summary(rows)
+        caption = summary(rows, ignored)
         if shown < len(rows):
             caption += f"; {len(rows) - shown} more not shown"
         if left_out:
@@ -528,11 +585,12 @@ def _watch_table(fleet: Fleet, broker: str, stop: threading.Event, out) -> None:
             stop.wait()
         except KeyboardInterrupt:
             pass
-        out.write(table(fleet.rows()) + "\n")
+        out.write(table(fleet.rows(), fleet.ignored()) + "\n")
         return
 
     def render():
-        return live_table(fleet.rows(), console, title=f"{broker}  {time.strftime('%H:%M:%S')}")
+        title = f"{broker}  {time.strftime('%H:%M:%S')}"
+        return live_table(fleet.rows(), console, title=title, ignored=fleet.ignored())
 
     # nothing else writes to stdout here, so no need to redirect it (a global) above the table
     with Live(
@@ -561,11 +619,12 @@ PROM_HELP = {
     "edge_node_clock_synced": "1 when the node's clock is synchronised",
     "edge_node_malformed_total": "malformed messages received from the node",
     "edge_node_needs_visit": "1 when a needs-a-visit rule fires",
+    "edge_node_fleet_ignored_messages_total": "messages this fleet view did not attribute to a tracked node",
 }
 
 
-def prometheus(rows: list[dict]) -> str:
-    """The Prometheus text exposition (0.0.4) of the rows."""
+def prometheus(rows: list[dict], fleet: Fleet | None = None) -> str:
+    """The Prometheus text exposition (0.0.4) of the rows (and of what `fleet` ignored)."""
     samples: dict[str, list[str]] = {name: [] for name in PROM_HELP}
 
     def add(name: str, value, **labels) -> None:
@@ -591,6 +650,9 @@ def prometheus(rows: list[dict]) -> str:
         add("edge_node_clock_synced", r["clock_synced"], node=n)
         add("edge_node_malformed_total", r["malformed"], node=n)
         add("edge_node_needs_visit", bool(r["needs_visit"]), node=n)
+    if fleet is not None:
+        add("edge_node_fleet_ignored_messages_total", fleet.over_node_cap, reason="over_node_cap")
+        add("edge_node_fleet_ignored_messages_total", fleet.unattributed, reason="unattributed")
     out = []
     for name, lines in samples.items():
         kind = "counter" if name.endswith("_total") else "gauge"
@@ -606,7 +668,7 @@ def serve_prometheus(fleet: Fleet, port: int, host: str = "127.0.0.1") -> Thread
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404)
                 return
-            body = prometheus(fleet.rows()).encode()
+            body = prometheus(fleet.rows(), fleet).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -701,6 +763,13 @@ def register(sub) -> argparse.ArgumentParser:
         "--prometheus", metavar="PORT", type=int, help="serve /metrics on 127.0.0.1:PORT while running"
     )
     p.add_argument(
+        "--max-nodes",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_NODES,
+        help=f"nodes tracked at most; messages from more are counted (default {DEFAULT_MAX_NODES})",
+    )
+    p.add_argument(
         "--offline-after", metavar="S", type=float, default=900.0, help="offline-too-long threshold (900)"
     )
     p.add_argument(
@@ -715,6 +784,9 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
     if args.listen < 0 or args.offline_after < 0 or args.stale_after < 0:
         print("edge-node fleet: --listen, --offline-after and --stale-after must be >= 0", file=sys.stderr)
         return 2
+    if args.max_nodes < 1:
+        print(f"edge-node fleet: --max-nodes must be >= 1 (got {args.max_nodes})", file=sys.stderr)
+        return 2
     password = None
     if args.password_file:
         try:
@@ -724,7 +796,8 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
             print(f"edge-node fleet: cannot read --password-file: {err}", file=sys.stderr)
             return 2
     rules = Rules(offline_after_s=args.offline_after, stale_after_s=args.stale_after)
-    fleet = Fleet(args.topic_prefix, rules, window_s=math.inf if args.watch else max(args.listen, 1.0))
+    window_s = WATCH_WINDOW_S if args.watch else max(args.listen, 1.0)
+    fleet = Fleet(args.topic_prefix, rules, window_s=window_s, max_nodes=args.max_nodes)
     try:
         client = connect(fleet, args.broker, username=args.username, password=password, ca=args.ca)
     except ValueError as err:
@@ -749,7 +822,7 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
             try:
                 if args.json:
                     while not stop.is_set():
-                        out.write(json.dumps(fleet.rows()) + "\n")
+                        out.write(json.dumps(fleet.rows(), allow_nan=False) + "\n")
                         out.flush()
                         stop.wait(1.0)
                 else:
@@ -760,8 +833,13 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
             stop.wait(args.listen)
         rows = fleet.rows()
         if not args.watch:
-            out.write((json.dumps(rows, indent=2) if args.json else table(rows)) + "\n")
+            out.write(
+                (json.dumps(rows, indent=2, allow_nan=False) if args.json else table(rows, fleet.ignored()))
+                + "\n"
+            )
             out.flush()
+        if args.json and fleet.ignored():
+            print(f"edge-node fleet: {fleet.ignored()}", file=sys.stderr)
         return 1 if any(r["needs_visit"] for r in rows) else 0
     finally:
         if on_term is not None:
@@ -769,8 +847,8 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
         if server is not None:
             server.shutdown()
             server.server_close()
+        client.disconnect()  # first: the network thread then ends at once, not at its next poll
         client.loop_stop()
-        client.disconnect()
 
 
 def main(argv: list[str] | None = None) -> int:
