@@ -321,7 +321,7 @@ class _NodeMetric:
             if hour is None or hour.band is None:
                 return None, None
             band = eaqi.BAND_BY_KEY[hour.band]
-            reading = {"hour": hour.hour, "band": hour.band, **{k: v for k, v in hour.means.items()}}
+            reading = {"hour": iso(hour.hour), "band": hour.band, **hour.means}
             return float(band.index), reading
         if rule.kind == "rain":
             series = self.series["rain"]

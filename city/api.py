@@ -27,13 +27,14 @@ from . import queries
 from .db import Database, DatabaseError
 
 # Modules whose `routes` create_app registers, in order. The map adds its own here.
-ROUTE_MODULES = ["city.api"]
+ROUTE_MODULES = ["city.api", "city.webmap"]
 
 API_VERSION = "1"
 NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 DB_KEY = web.AppKey("db", Database)
 POOL_KEY = web.AppKey("pool", Any)
 OPENAPI_KEY = web.AppKey("openapi", dict)
+OPTIONS_KEY = web.AppKey("options", dict)  # what route modules were given (the map: tiles, alert rules)
 
 
 class Routes:
@@ -319,9 +320,12 @@ COMPONENTS = {
 # -- the application --------------------------------------------------------------------------
 
 
-def create_app(db: Database, *, route_modules: list[str] | None = None) -> web.Application:
+def create_app(
+    db: Database, *, route_modules: list[str] | None = None, options: dict | None = None
+) -> web.Application:
     app = web.Application()
     app[DB_KEY] = db
+    app[OPTIONS_KEY] = options or {}
     app[POOL_KEY] = _Connections(db)
     spec: dict = {
         "openapi": "3.1.0",
@@ -350,10 +354,15 @@ def create_app(db: Database, *, route_modules: list[str] | None = None) -> web.A
 
 
 async def serve(
-    db: Database, host: str, port: int, stop: asyncio.Event, ready: Callable[[int], None] | None = None
+    db: Database,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    ready: Callable[[int], None] | None = None,
+    options: dict | None = None,
 ):
     """Serve until `stop` is set."""
-    runner = web.AppRunner(create_app(db), access_log=None)
+    runner = web.AppRunner(create_app(db, options=options), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -38,10 +38,16 @@ def _logging(verbose: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .alerts import RulesError
     from .api import serve
     from .db import DatabaseError
+    from .mapconfig import serve_options
 
     db = _database("serve", args.db)
+    try:
+        options = serve_options(args)
+    except RulesError as err:
+        return _fail("serve", str(err), 2)
     try:
         db.open(read_only=True).close()
     except DatabaseError as err:
@@ -60,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.port,
             stop,
             ready=lambda port: log.info("serving http://%s:%d/", args.host, port),
+            options=options,
         )
 
     try:
@@ -266,4 +273,7 @@ def register(sub) -> None:
     serve.add_argument("--port", metavar="P", type=int, required=True, help="TCP port (0: any free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from .mapconfig import add_serve_arguments
+
+    add_serve_arguments(serve)  # the map's: --tiles, --alerts
     serve.set_defaults(func=cmd_serve)

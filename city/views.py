@@ -171,12 +171,12 @@ def binned_series(samples: Iterable[Sample], name: str, start: float) -> list[li
         value = s.values.get(name)
         if value is None or s.excluded or s.ts < start or not math.isfinite(value):
             continue
-        bins.setdefault(int((s.ts - start) // SERIES_BIN_S), []).append(float(value))
+        bins.setdefault(int(s.ts // SERIES_BIN_S) * SERIES_BIN_S, []).append(float(value))
     out = []
-    for index in sorted(bins):
-        values = bins[index]
+    for at in sorted(bins):
+        values = bins[at]
         mean = energy_mean(values) if name == "laeq" else sum(values) / len(values)
-        out.append([int(start + index * SERIES_BIN_S), round(mean, 2)])
+        out.append([at, round(mean, 2)])
     return out
 
 

@@ -267,7 +267,10 @@
     const entries = Object.entries(day.flags);
     flags.textContent = `${T.flags}: ` + (entries.length ? entries.map(([k, v]) => `${k} ×${v}`).join(", ") : T.no_flags);
     box.append(flags);
-    m.getPopup().update();
+    // Laid out again once the plots have their size, so that the open popup pans into view.
+    const popup = m.getPopup();
+    popup.update();
+    requestAnimationFrame(() => { if (popup.isOpen()) popup.update(); });
   }
 
   document.getElementById("langs").addEventListener("click", (ev) => {

@@ -3,7 +3,7 @@
 "use strict";
 window.Plots = (function () {
   const NS = "http://www.w3.org/2000/svg";
-  const W = 400, H = 130, L = 34, R = 6, T = 6, B = 18;
+  const W = 400, H = 130, L = 34, R = 16, T = 6, B = 18;
 
   function el(name, attrs, parent) {
     const node = document.createElementNS(NS, name);
