@@ -24,8 +24,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from city import terrassa
 from edge_node.config import Config, ConfigError, parse_config
 
+from . import history
 from .mosquitto import free_port
 
 log = logging.getLogger("edge_node.simulate")
@@ -99,6 +101,8 @@ class FleetOptions:
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
+    history_h: float = 0.0  # hours of past readings put in each buffer before it starts
+    place: bool = True  # each node on one of Terrassa's streets (city.terrassa), else no location
 
 
 def node_id(prefix: str, index: int) -> str:
@@ -180,10 +184,16 @@ def plan_fleet(opts: FleetOptions) -> list[NodeSpec]:
 
 
 def node_config_text(spec: NodeSpec, opts: FleetOptions, buffer: Path) -> str:
+    site = f"simulated fleet node {spec.index}"
+    location = []
+    if opts.place:
+        lat, lon, site = terrassa.placement(spec.index - 1, opts.nodes)
+        location = [f"location = {{ lat = {lat}, lon = {lon} }}"]
     lines = [
         "[node]",
         f"id = {_q(spec.node_id)}",
-        f"site = {_q(f'simulated fleet node {spec.index}')}",
+        f"site = {_q(site)}",
+        *location,
         "",
         "[broker]",
         f"url = {_q(spec.broker_url)}",
@@ -238,6 +248,13 @@ def build_configs(opts: FleetOptions, workdir: Path) -> list[tuple[NodeSpec, Con
         base.mkdir(parents=True, exist_ok=True)
         text = node_config_text(spec, opts, base / "buffer.db")
         out.append((spec, parse_config(text, source=f"{spec.node_id}.toml", base_dir=base)))
+        if opts.history_h > 0 and not (base / "buffer.db").exists():
+            end = time.time()
+            fog = any(f["fault"] == "fog" and f.get("at_s", 0) == 0 for f in spec.faults)
+            readings = history.node_history(
+                spec.seed, opts.sensors, opts.interval_s, end - opts.history_h * 3600, end, fog=fog
+            )
+            history.prefill(base / "buffer.db", readings)
     return out
 
 
@@ -369,6 +386,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         username=args.username,
         password_file=args.password_file,
         ca_file=args.ca,
+        history_h=args.history,
+        place=not args.no_location,
     )
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -447,6 +466,18 @@ def register(sub) -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="TOML with [[fault]] node, sensor, fault, at_s, for_s entries",
+    )
+    p.add_argument(
+        "--history",
+        type=float,
+        default=0.0,
+        metavar="HOURS",
+        help="fill each buffer with this many hours of past readings first (sent as backfill)",
+    )
+    p.add_argument(
+        "--no-location",
+        action="store_true",
+        help="no location (by default each node stands on one of Terrassa's streets)",
     )
     p.add_argument("--workdir", metavar="DIR", help="buffers go under DIR/NODE/ (default: a temp dir)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")

@@ -1,0 +1,78 @@
+"""The past hours of a simulated node, put in its buffer before it starts (`simulate --history`).
+
+A city map needs hours of readings to show an hourly index and a day of plots; a simulated node
+that starts now has none. So each node's buffer is filled with what its sensors would have read
+over the last hours, from the same seeded environment model its simulated sensors read live
+(`simulators.environment`), with the node's own PM correction and flags (`edge_node.quality`).
+The daemon then sends that backlog as backfill, behind its live readings, exactly as a node back
+from a dead zone does: the city's ingest stores it like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from edge_node.clock import boot_id, boottime
+from edge_node.quality import HIGH_HUMIDITY_RH, PM_CORRECTION_MODEL, growth_factor
+from edge_node.store import NewReading, Store
+from simulators.environment import Environment
+
+UNITS = {
+    "bme280": {"temperature": "Cel", "humidity": "%RH", "pressure": "hPa"},
+    "sds011": {"pm2_5": "ug/m3", "pm10": "ug/m3", "pm2_5_corrected": "ug/m3", "pm10_corrected": "ug/m3"},
+}
+FOG_RH = 98.0
+FOG_PM_FACTOR = 4.0  # as edge_node.sensors.Simulation.conditions: droplets counted as particles
+
+
+def node_history(
+    seed: int, sensors: Iterable[str], interval_s: float, start: float, end: float, *, fog: bool = False
+) -> list[NewReading]:
+    """Readings of the given sensors (those with a history here) every interval_s in [start, end)."""
+    env = Environment(seed)
+    wanted = [s for s in sensors if s in UNITS]
+    boot, mono_now, wall_now = boot_id(), boottime(), time.time()
+    out = []
+    t = start
+    while t < end:
+        c = env.at(t)
+        rh = max(c.humidity_rh, FOG_RH) if fog else c.humidity_rh
+        mono = mono_now - (wall_now - t)
+        for sensor in wanted:
+            if sensor == "bme280":
+                values = {
+                    "temperature": round(c.temperature_c, 2),
+                    "humidity": round(rh, 1),
+                    "pressure": round(c.pressure_hpa, 2),
+                }
+                out.append(NewReading(sensor, values, (), t, mono, boot, True))
+            else:
+                scale = FOG_PM_FACTOR if fog else 1.0
+                pm2_5, pm10 = round(c.pm2_5 * scale, 1), round(max(c.pm10, c.pm2_5) * scale, 1)
+                factor = growth_factor(rh)
+                values = {
+                    "pm2_5": pm2_5,
+                    "pm10": pm10,
+                    "pm2_5_corrected": round(pm2_5 / factor, 1),
+                    "pm10_corrected": round(pm10 / factor, 1),
+                }
+                quality = ("high_humidity",) if rh > HIGH_HUMIDITY_RH else ()
+                meta = {"pm_correction": {"model": PM_CORRECTION_MODEL, "humidity": round(rh, 1)}}
+                out.append(NewReading(sensor, values, quality, t, mono, boot, True, meta))
+        t += interval_s
+    return out
+
+
+def prefill(buffer: Path, readings: list[NewReading], chunk: int = 5000) -> None:
+    """Store the readings in the node's buffer, through the node's own Store."""
+    store = Store(buffer, max_rows=10_000_000, max_bytes=10**10, sync_interval_s=10)
+    store.open()
+    try:
+        for sensor in {r.sensor for r in readings}:
+            store.set_units(sensor, UNITS[sensor])
+        for i in range(0, len(readings), chunk):
+            store.append(readings[i : i + chunk])
+    finally:
+        store.close()
