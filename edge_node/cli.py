@@ -101,6 +101,7 @@ SUBCOMMANDS = {
     "ingest": "city.cli:register",
     "export": "city.cli:register",
     "serve": "city.cli:register",
+    "alerts": "city.alerting:register",
 }
 
 
