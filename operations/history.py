@@ -22,6 +22,7 @@ from simulators.environment import Environment
 UNITS = {
     "bme280": {"temperature": "Cel", "humidity": "%RH", "pressure": "hPa"},
     "sds011": {"pm2_5": "ug/m3", "pm10": "ug/m3", "pm2_5_corrected": "ug/m3", "pm10_corrected": "ug/m3"},
+    "dnms": {"laeq": "dB(A)", "lamin": "dB(A)", "lamax": "dB(A)"},
 }
 FOG_RH = 98.0
 FOG_PM_FACTOR = 4.0  # as edge_node.sensors.Simulation.conditions: droplets counted as particles
@@ -46,6 +47,14 @@ def node_history(
                     "temperature": round(c.temperature_c, 2),
                     "humidity": round(rh, 1),
                     "pressure": round(c.pressure_hpa, 2),
+                }
+                out.append(NewReading(sensor, values, (), t, mono, boot, True))
+            elif sensor == "dnms":
+                level = c.noise_dba
+                values = {
+                    "laeq": round(level, 1),
+                    "lamin": round(level - 6, 1),
+                    "lamax": round(level + 12, 1),
                 }
                 out.append(NewReading(sensor, values, (), t, mono, boot, True))
             else:
