@@ -84,4 +84,4 @@ CREATE TABLE quarantine (
     detail      TEXT NOT NULL,
     payload     {blob} NOT NULL
 );
-CREATE INDEX quarantine_reason ON quarantine (reason);
+CREATE INDEX quarantine_node_reason ON quarantine (node, reason);
