@@ -25,7 +25,7 @@ PM_CORRECTION_MODEL = "kappa-koehler(k=0.4,rho=1.65)"
 KAPPA = 0.4
 DENSITY = 1.65
 RH_CAP = 95.0  # the model diverges towards 100 %RH, where fog droplets are no longer aerosol
-PM_VALUES = ("pm2_5", "pm10")
+PM_VALUES = ("pm1", "pm2_5", "pm10")  # the SDS011 reports the last two, the PMS5003 all three
 
 
 @dataclass

@@ -304,3 +304,20 @@ def test_probe_names_the_firmware_and_the_values(sim):
     result = PMS5003Driver(sim.port).probe()
     assert result.found, result.detail
     assert "firmware 0x91" in result.detail and result.info["values"]["pm2_5"] > 0
+
+
+def test_its_pm_gets_the_sds011s_humidity_correction_and_flag(sim):
+    from edge_node.quality import NodeAir, growth_factor, refine, units_with_corrections
+
+    air = NodeAir()
+    refine({"temperature": 12.0, "humidity": 88.0}, (), {}, air)  # what the node's SHT4x or BME280 said
+    driver = PMS5003Driver(sim.port, warm_up_s=0.0)
+    reading = driver.read()
+    result = refine(reading.values, reading.quality, {}, air)
+    assert "high_humidity" in result.quality
+    for name in ("pm1", "pm2_5", "pm10"):
+        assert result.values[f"{name}_corrected"] == round(reading.values[name] / growth_factor(88.0), 1)
+    assert "n0_3_corrected" not in result.values and "pm2_5_cf1_corrected" not in result.values
+    units = units_with_corrections(driver.units)
+    assert units["pm1_corrected"] == units["pm2_5_corrected"] == "ug/m3"
+    driver.close()

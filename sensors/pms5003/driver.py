@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping
 
 import serial
 
-from drivers import DriverError, ProbeResult, Reading, SensorFault, SensorNotFound
+from drivers import DriverError, ProbeResult, Reading, SensorFault, SensorNotFound, WrongDevice
 from drivers.serial_port import duty_cycle, open_port, port_error
 from sensors.pms5003.protocol import (
     CHANGE_MODE,
@@ -78,6 +78,7 @@ WARM_UP_S = 30.0
 RANGE_UG_M3 = (0.0, 1000.0)
 STUCK_FRAMES = 10
 MAX_FRAMES = 4096
+FOREIGN_BYTES = 32  # this much on the line and not one frame of ours: something else talks there
 MODES = {"passive": MODE_PASSIVE, "active": MODE_ACTIVE}
 COUNT_UNIT = "count/0.1L"
 
@@ -158,6 +159,7 @@ class PMS5003Driver:
             frames = self._fresh_frames()
             reading = self._reading(frames[-1:], warming=True)
         except DriverError as err:
+            info["absent"] = isinstance(err, SensorNotFound | WrongDevice)
             return ProbeResult(False, str(err), info)
         except Exception as err:  # provisioning needs an answer, not a traceback
             return ProbeResult(False, f"PMS5003 on {self.port}: unexpected {err!r}", info)
@@ -297,6 +299,10 @@ class PMS5003Driver:
                 lambda: any(r.command == kind and r.value == value for r in self._replies), REPLY_TIMEOUT_S
             ):
                 return True
+            if self._parser.frames == 0 and self._parser.noise_bytes >= FOREIGN_BYTES:
+                raise WrongDevice(
+                    f"{self.port}: {self._parser.noise_bytes} bytes but no PMS5003 frame: another device?"
+                )
         return False
 
     def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:

@@ -69,6 +69,7 @@ class SHT4xFaults:
     nack: bool = False  # every transfer raises OSError(EREMOTEIO)
     bad_crc: float = 0.0  # probability that a reply has one CRC byte damaged
     stuck: bool = False  # the measurement freezes at its last raw value
+    condensed: bool = False  # dew keeps forming on the film, whatever the air's humidity
 
 
 class SimSHT4x:
@@ -147,7 +148,7 @@ class SimSHT4x:
         if self.faults.stuck and self._last_raw is not None:
             return encode_words(self._last_raw)
         air_t, air_rh = self._conditions()
-        if air_rh >= CONDENSING_RH:
+        if air_rh >= CONDENSING_RH or self.faults.condensed:
             self.wet = True
         die_t = air_t + self._excess(at, self._heat_end)
         die_rh = air_rh * magnus_saturation(air_t) / magnus_saturation(die_t)
