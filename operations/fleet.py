@@ -98,7 +98,15 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .untrusted import Heartbeat, Malformed, Status, is_node_id, parse_heartbeat, parse_reading, parse_status
+from edge_node.untrusted import (
+    Heartbeat,
+    Malformed,
+    Status,
+    is_node_id,
+    parse_heartbeat,
+    parse_reading,
+    parse_status,
+)
 
 DEFAULT_PREFIX = "city/terrassa/nodes"
 HEARTBEATS_FOR_SILENT = 3
@@ -852,7 +860,7 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edge_node.fleet ...` until `edge-node fleet` is wired into the CLI."""
+    """`python -m operations.fleet ...` until `edge-node fleet` is wired into the CLI."""
     parser = argparse.ArgumentParser(prog="edge-node")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)

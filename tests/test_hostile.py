@@ -28,8 +28,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from rich.console import Console
 
-from edge_node import fleet
-from edge_node.broker import LocalBroker, free_port
+from operations import fleet
+from operations.mosquitto import LocalBroker, free_port
 
 from .test_fleet import _parse, heartbeat
 

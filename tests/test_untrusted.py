@@ -12,8 +12,9 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_node import fleet, untrusted
+from edge_node import untrusted
 from edge_node.untrusted import Heartbeat, Malformed, ReadingBatch, Status
+from operations import fleet
 
 from .test_fleet import heartbeat
 
