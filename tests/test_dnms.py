@@ -83,9 +83,20 @@ def sim(street):
     return SimDNMS(street, seed=5)
 
 
+class Clock:
+    """The driver's interval clock: each reading here closes a 60 s interval."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 60.0
+        return self.t
+
+
 @pytest.fixture
 def driver(sim):
-    return DNMSDriver(SimI2CBus({0x55: sim}))
+    return DNMSDriver(SimI2CBus({0x55: sim}), clock=Clock())
 
 
 def test_it_reads_the_levels_of_the_interval_since_the_previous_read(driver, sim, street):
@@ -108,6 +119,12 @@ def test_the_sims_laeq_is_the_energy_mean_of_its_blocks(sim):
     assert levels.lamin < levels.laeq < levels.lamax
     assert levels.laeq > 62.0  # an energy mean weighs the loud blocks: above the arithmetic mean
     assert math.isclose(levels.laeq, 62.0, abs_tol=5.0)
+
+
+def test_a_reading_right_after_open_is_a_glimpse_flagged_warming_up(sim):
+    driver = DNMSDriver(SimI2CBus({0x55: sim}))
+    driver.open()
+    assert driver.read().quality == ("warming_up",)
 
 
 def test_levels_outside_the_microphones_range_are_flagged(driver, street):

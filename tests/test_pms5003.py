@@ -269,19 +269,14 @@ def test_an_unplugged_sensor_fails_reads_and_recovers_when_plugged_back(sim):
     driver.close()
 
 
-@pytest.fixture
-def short_waits(monkeypatch):
-    """Give up on a silent or deaf sensor sooner than in the field (1 s per command, 3 s for frames)."""
-    from sensors.pms5003 import driver as pms5003
-
-    monkeypatch.setattr(pms5003, "REPLY_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(pms5003, "FRAME_TIMEOUT_S", 0.5)
+# Give up on a silent or deaf sensor sooner than in the field (1 s per command, 3 s for frames).
+SHORT_WAITS = {"reply_timeout_s": 0.2, "frame_timeout_s": 0.5}
 
 
-def test_a_port_where_nothing_answers_is_not_found(short_waits):
+def test_a_port_where_nothing_answers_is_not_found():
     master, slave = os.openpty()
     try:
-        driver = PMS5003Driver(os.ttyname(slave))
+        driver = PMS5003Driver(os.ttyname(slave), **SHORT_WAITS)
         with pytest.raises(SensorNotFound, match="nothing answers"):
             driver.open()
         assert not driver.probe().found
@@ -290,10 +285,10 @@ def test_a_port_where_nothing_answers_is_not_found(short_waits):
         os.close(slave)
 
 
-def test_a_sensor_that_does_not_hear_commands_is_used_in_active_mode(sim, short_waits):
+def test_a_sensor_that_does_not_hear_commands_is_used_in_active_mode(sim):
     sim.faults.ignore_sleep = True
     sim._handle = lambda cmd, now: None  # deaf: a broken wire from the host's TX
-    driver = PMS5003Driver(sim.port, warm_up_s=0.0)
+    driver = PMS5003Driver(sim.port, warm_up_s=0.0, **SHORT_WAITS)
     driver.open()
     result = driver.probe()
     assert result.found and "active mode" in result.detail, result.detail

@@ -10,7 +10,8 @@ read(): closes the interval (CALCULATE_LEQ), polls READ_DATA_READY every `POLL_S
 `READY_TIMEOUT_S` (the firmware sets it at the end of its current 125 ms block), and reads the
 levels: `laeq` (energy mean over the interval since the previous read), `lamin`, `lamax` (the
 lowest and highest 125 ms LAeq in it), in dB(A), rounded to 0.1 dB (the module's class 2-ish
-accuracy is about +-1 dB). So one reading describes exactly the interval between two reads.
+accuracy is about +-1 dB). So one reading describes exactly the interval between two reads; one
+shorter than `MIN_INTERVAL_S` (a read right after open) is flagged `warming_up`.
 
 Quality: `out_of_range` when LAeq is below the microphone's self-noise (`NOISE_FLOOR_DBA`: the
 ICS-43434's 65 dB SNR at 94 dB SPL) or above its acoustic overload point (120 dB SPL): the value
@@ -28,7 +29,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from drivers import BusError, DriverError, ProbeResult, Reading, SensorFault, SensorNotFound, WrongDevice
 from drivers.buses import I2CBus
@@ -59,6 +60,7 @@ POLL_S = 0.01
 READY_TIMEOUT_S = 1.0  # eight of the firmware's 125 ms blocks
 COMMAND_GAP_S = 0.002  # the Teensy handles a command in its receive interrupt; give it a moment
 STUCK_AFTER = 5  # a live microphone's float levels never repeat bit for bit five times running
+MIN_INTERVAL_S = 1.0  # eight 125 ms blocks: less is a glimpse, not a level of the street
 LOCK_TIMEOUT_S = 1.0
 
 _NO_ACK = {errno.ENXIO, errno.EREMOTEIO}
@@ -67,9 +69,13 @@ _NO_ACK = {errno.ENXIO, errno.EREMOTEIO}
 class DNMSDriver:
     units = {"laeq": "dB(A)", "lamin": "dB(A)", "lamax": "dB(A)"}
 
-    def __init__(self, bus: I2CBus, address: int = ADDRESS) -> None:
+    def __init__(
+        self, bus: I2CBus, address: int = ADDRESS, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.bus = bus
         self.address = address
+        self._clock = clock
+        self._interval_start = 0.0
         self.version: str | None = None
         self._open = False
         self._needs_reset = False
@@ -86,6 +92,7 @@ class DNMSDriver:
                 self._needs_reset = False
             self.version = self._version()
             self._levels()  # the interval since power-up or the last reader: not ours
+            self._interval_start = self._clock()
         except DriverError:
             self._needs_reset = True
             raise
@@ -101,7 +108,10 @@ class DNMSDriver:
             self._open = False
             self._needs_reset = True
             raise
-        return self._reading(levels)
+        now = self._clock()
+        short = now - self._interval_start < MIN_INTERVAL_S
+        self._interval_start = now
+        return self._reading(levels, short=short)
 
     def close(self) -> None:
         self._open = False
@@ -112,7 +122,7 @@ class DNMSDriver:
         info: dict[str, object] = {"address": self.address, "version": None}
         try:
             self.open()
-            time.sleep(0.25)  # two 125 ms blocks, so the levels describe sound, not a single block
+            time.sleep(MIN_INTERVAL_S)  # an interval long enough to describe the street
             reading = self.read()
         except DriverError as err:
             info["version"] = self.version
@@ -166,13 +176,13 @@ class DNMSDriver:
             )
         return levels
 
-    def _reading(self, levels: Levels) -> Reading:
+    def _reading(self, levels: Levels, *, short: bool) -> Reading:
         values = {
             "laeq": round(levels.laeq, 1),
             "lamin": round(levels.lamin, 1),
             "lamax": round(levels.lamax, 1),
         }
-        quality = []
+        quality = ["warming_up"] if short else []
         if not NOISE_FLOOR_DBA <= levels.laeq <= OVERLOAD_DBA:
             quality.append("out_of_range")
         self._recent.append(levels)

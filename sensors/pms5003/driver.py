@@ -101,6 +101,8 @@ class PMS5003Driver:
         mode: str = "passive",
         duty: Mapping[str, float] | None = None,
         warm_up_s: float = WARM_UP_S,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+        frame_timeout_s: float = FRAME_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if mode not in MODES:
@@ -109,6 +111,8 @@ class PMS5003Driver:
         self.mode = mode
         self.duty = duty_cycle(duty)
         self.warm_up_s = warm_up_s
+        self.reply_timeout_s = reply_timeout_s  # per command attempt
+        self.frame_timeout_s = frame_timeout_s  # for a frame in active mode
         self.firmware: int | None = None
         self.error_code = 0
         self._clock = clock
@@ -202,7 +206,7 @@ class PMS5003Driver:
             self._passive = wanted == MODE_PASSIVE
         else:
             self._passive = False
-            self._wait(lambda: bool(self._frames), FRAME_TIMEOUT_S)
+            self._wait(lambda: bool(self._frames), self.frame_timeout_s)
             if not self._frames:
                 raise self._silent("no answer to the mode command and no data frames")
             log.warning(
@@ -258,10 +262,10 @@ class PMS5003Driver:
             self._frames.clear()
             for _ in range(COMMAND_ATTEMPTS):
                 self._write(read_passive())
-                if self._wait(lambda: bool(self._frames), REPLY_TIMEOUT_S):
+                if self._wait(lambda: bool(self._frames), self.reply_timeout_s):
                     break
         else:
-            self._wait(lambda: bool(self._frames), FRAME_TIMEOUT_S)
+            self._wait(lambda: bool(self._frames), self.frame_timeout_s)
         frames = [frame for _, frame in self._frames]
         self._frames.clear()
         if not frames:
@@ -296,7 +300,8 @@ class PMS5003Driver:
             self._replies.clear()
             self._write(command)
             if self._wait(
-                lambda: any(r.command == kind and r.value == value for r in self._replies), REPLY_TIMEOUT_S
+                lambda: any(r.command == kind and r.value == value for r in self._replies),
+                self.reply_timeout_s,
             ):
                 return True
             if self._parser.frames == 0 and self._parser.noise_bytes >= FOREIGN_BYTES:
