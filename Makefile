@@ -29,6 +29,13 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
 	fi
+	@# Aedes, the second broker of tests/test_second_broker.py, on Debian's Node.js.
+	@if ! command -v npm >/dev/null; then \
+	  echo "installing nodejs and npm with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@[ -d tests/aedes/node_modules/aedes ] || npm ci --prefix tests/aedes --no-audit --no-fund --loglevel=error
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest
