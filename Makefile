@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test test-long demo demo-fleet bench lint system-deps clean
+.PHONY: test test-long demo demo-fleet bench lint system-deps clean demo-city
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -36,6 +36,11 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
 	@[ -d tests/aedes/node_modules/aedes ] || npm ci --prefix tests/aedes --no-audit --no-fund --loglevel=error
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium with apt-get (the map's browser test)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest
@@ -60,3 +65,8 @@ clean:
 # 50 simulated nodes against a local Mosquitto, and the operator's live fleet view beside them.
 demo-fleet: $(STAMP) system-deps
 	$(PY) -m operations.demo_fleet
+
+# A simulated Terrassa (nodes on its streets, a day of history, one in fog, one offline) through
+# Mosquitto and ingest into a database, `edge-node serve` with the map, opened in the browser.
+demo-city: $(STAMP) system-deps
+	$(PY) -m operations.democity

@@ -103,6 +103,7 @@ class FleetOptions:
     ca_file: Path | None = None
     history_h: float = 0.0  # hours of past readings put in each buffer before it starts
     place: bool = True  # each node on one of Terrassa's streets (city.terrassa), else no location
+    street_offset: int = 0  # a second fleet beside a first of this many nodes takes the next spots
 
 
 def node_id(prefix: str, index: int) -> str:
@@ -187,7 +188,8 @@ def node_config_text(spec: NodeSpec, opts: FleetOptions, buffer: Path) -> str:
     site = f"simulated fleet node {spec.index}"
     location = []
     if opts.place:
-        lat, lon, site = terrassa.placement(spec.index - 1, opts.nodes)
+        spots = opts.nodes + opts.street_offset
+        lat, lon, site = terrassa.placement(opts.street_offset + spec.index - 1, spots)
         location = [f"location = {{ lat = {lat}, lon = {lon} }}"]
     lines = [
         "[node]",
@@ -388,6 +390,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         ca_file=args.ca,
         history_h=args.history,
         place=not args.no_location,
+        street_offset=args.street_offset,
     )
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -478,6 +481,13 @@ def register(sub) -> argparse.ArgumentParser:
         "--no-location",
         action="store_true",
         help="no location (by default each node stands on one of Terrassa's streets)",
+    )
+    p.add_argument(
+        "--street-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="place the nodes after the first N spots (a second fleet beside one of N nodes)",
     )
     p.add_argument("--workdir", metavar="DIR", help="buffers go under DIR/NODE/ (default: a temp dir)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
