@@ -207,6 +207,8 @@ def _parse_rule(spec: Mapping, where: str) -> Rule:
         raise RulesError(f"{where}.title: must be a non-empty string")
     if kind == "eaqi":
         raise_at, clear_at = (_band(spec, key, where) for key in ("raise_at", "clear_at"))
+        if raise_at < 2:
+            raise RulesError(f"{where}.raise_at: an alert needs a band worse than good (got 'good')")
         if "clear_at" not in spec:
             clear_at = raise_at - 1
     else:
@@ -378,6 +380,8 @@ class Alert:
             "ends_when": self.rule.describe_end(),
             "raise_at": self.rule.raise_at,
             "clear_at": self.rule.clear_at,
+            "clear_after_s": self.rule.clear_after_s,
+            "window_s": self.rule.window_s,
             "topic": self.topic,
         }
 

@@ -37,6 +37,12 @@ window.I18N = {
     alert_ends: "ends when",
     alert_nodes: "nodes",
     partial: "this hour so far",
+    ends: {
+      eaqi: (band, w, d) => `the air index is ${band} or better for ${d}`,
+      rain: (v, w, d) => `rain falls to ${v} mm/h or less (over ${w}) for ${d}`,
+      heat_index: (v, w, d) => `the heat index falls to ${v} °C or less for ${d}`,
+      noise: (v, w, d) => `the noise falls to ${v} dB(A) or less (over ${w}) for ${d}`,
+    },
   },
   ca: {
     title: "Qualitat de l'aire ara",
@@ -73,6 +79,12 @@ window.I18N = {
     alert_ends: "acaba quan",
     alert_nodes: "nodes",
     partial: "aquesta hora fins ara",
+    ends: {
+      eaqi: (band, w, d) => `l'índex de l'aire és ${band} o millor durant ${d}`,
+      rain: (v, w, d) => `la pluja baixa a ${v} mm/h o menys (en ${w}) durant ${d}`,
+      heat_index: (v, w, d) => `l'índex de calor baixa a ${v} °C o menys durant ${d}`,
+      noise: (v, w, d) => `el soroll baixa a ${v} dB(A) o menys (en ${w}) durant ${d}`,
+    },
   },
   es: {
     title: "Calidad del aire ahora",
@@ -109,5 +121,11 @@ window.I18N = {
     alert_ends: "termina cuando",
     alert_nodes: "nodos",
     partial: "esta hora hasta ahora",
+    ends: {
+      eaqi: (band, w, d) => `el índice del aire es ${band} o mejor durante ${d}`,
+      rain: (v, w, d) => `la lluvia baja a ${v} mm/h o menos (en ${w}) durante ${d}`,
+      heat_index: (v, w, d) => `el índice de calor baja a ${v} °C o menos durante ${d}`,
+      noise: (v, w, d) => `el ruido baja a ${v} dB(A) o menos (en ${w}) durante ${d}`,
+    },
   },
 };

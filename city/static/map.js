@@ -153,10 +153,23 @@
     for (const a of data.alerts) {
       const li = document.createElement("li");
       li.dataset.alert = a.id;
-      li.textContent = `${a.title} — ${a.area} ${T.since} ${fmtTime(a.since)}: ${a.summary}. ${T.alert_ends} ${a.ends_when}`;
+      li.textContent = alertText(a);
       alerts.append(li);
     }
     document.getElementById("updated").textContent = `${T.updated}: ${fmtTime(data.generated_at)}`;
+  }
+
+  function duration(seconds) {
+    return seconds >= 3600 && seconds % 3600 === 0 ? `${seconds / 3600} h` : `${Math.round(seconds / 60)} min`;
+  }
+
+  function alertText(a) {
+    const bandKey = (i) => data.bands[Math.round(i) - 1].key;
+    const value = a.kind === "eaqi" ? bandName(bandKey(a.value)) : `${a.value} ${a.unit}`;
+    const clear = a.kind === "eaqi" ? bandName(bandKey(a.clear_at)) : a.clear_at;
+    const ends = T.ends[a.kind](clear, duration(a.window_s), duration(a.clear_after_s));
+    return `${a.title} — ${a.area}, ${T.since} ${fmtTime(a.since)}: ${value} (${a.nodes.join(", ")}). ` +
+      `${T.alert_ends} ${ends}.`;
   }
 
   function drawStreets() {
