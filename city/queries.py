@@ -30,8 +30,9 @@ def _stream(cursor) -> Iterator[tuple]:
 
 
 def _cursor(db: Database, conn, statement: str, params: list):
-    if db.dialect == "postgresql":
+    if db.dialect == "postgresql" and not conn.autocommit:
         # A named (server-side) cursor: PostgreSQL sends rows as they are fetched, not all at once.
+        # (It lives in a transaction; the API's bounded queries run in autocommit, client-side.)
         cur = conn.cursor(name="edge_node_stream")
         cur.itersize = FETCH
         cur.execute(statement, params)
