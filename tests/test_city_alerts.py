@@ -3,11 +3,19 @@ minimum duration, so that one noisy reading never raises an alert; the rules fil
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+import time
+
+import paho.mqtt.client as mqtt
 import pytest
 
 from city import alerts
 from city.alerts import NodeReadings, RulesError, load_rules, parse_rules
 from city.samples import HOUR_S, Sample
+from tests.city_support import ScriptedNode, batch, iso, start_ingest, stop, wait_count
 
 T0 = 1_782_900_000 - 1_782_900_000 % HOUR_S  # 2026-07-01, an hour's start (UTC)
 
@@ -216,3 +224,70 @@ def test_a_bad_rules_file_is_one_line_naming_the_file_and_key(tmp_path, text, me
         load_rules(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# -- end to end: a storm sent by a node, stored by ingest, published retained by `edge-node alerts` --
+
+
+def test_a_storm_sent_through_ingest_is_published_retained_per_area_and_alert(broker, tmp_path):
+
+    dsn = f"sqlite:///{tmp_path / 'city.db'}"
+    ingest = start_ingest(broker.url, dsn, log_path=tmp_path / "ingest.log")
+    now = time.time()
+    try:
+        node = ScriptedNode(broker.port, node="trs-001")
+        node.status(site="Rambla d'Ègara 12", lat=41.5636, lon=2.0089)
+        # The last hour of a rain gauge read every minute: dry, then 2 mm a minute for 30 minutes.
+        minutes = list(range(60, 0, -1))
+        rain = [{"seq": i + 1, "ts": iso(now - m * 60), "values": {"rain": 2.0 if m <= 30 else 0.0},
+                 "quality": []} for i, m in enumerate(minutes)]  # fmt: skip
+        node.publish(
+            f"{node.root}/reading/rain",
+            batch("trs-001", rain, sensor="rain", units={"rain": "mm"}, backfill=True),
+        )
+        node.close()
+        wait_count(dsn, "SELECT COUNT(*) FROM readings", 60)
+    finally:
+        stop(ingest)
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(RULES)
+    got: dict[str, dict] = {}
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="alert-listener")
+    listener.on_message = lambda c, u, m: got.__setitem__(m.topic, json.loads(m.payload))
+    command = ["alerts", "--db", dsn, "--rules", str(rules), "--broker", broker.url]
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node", *command], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1, out.stderr  # an alert is active
+    # 2 mm a minute is 120 mm/h; the evaluation runs a few seconds after the last reading, so its
+    # 15-minute window may hold one reading fewer.
+    assert re.search(r"^ACTIVE  Centre: Flash flood risk \((120|112)\.0 mm/h\) since ", out.stdout, re.M), (
+        out.stdout
+    )
+    assert "nodes: trs-001; ends when rain falls to 5 mm/h or less (over 15 min) for 30 min" in out.stdout
+    # Published retained: a subscriber that comes later still gets it.
+    listener.connect("127.0.0.1", broker.port)
+    listener.subscribe("city/terrassa/alerts/#", qos=1)
+    listener.loop_start()
+    deadline = time.monotonic() + 10
+    while "city/terrassa/alerts/centre/flash-flood" not in got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listener.loop_stop()
+    alert = got["city/terrassa/alerts/centre/flash-flood"]
+    assert alert["state"] == "active" and alert["area"] == "Centre" and alert["nodes"] == ["trs-001"]
+    assert alert["readings"][0]["node"] == "trs-001" and alert["readings"][0]["rain_mm"] in (28.0, 30.0)
+    assert alert["ends_when"].startswith("rain falls to 5 mm/h")
+
+
+def test_a_bad_rules_file_stops_alerts_with_one_line_and_exit_2(tmp_path):
+
+    rules = tmp_path / "alerts.toml"
+    rules.write_text('[[alert]]\nid = "x"\nkind = "rain"\nraise_at = 5\nclear_at = 9\n')
+    command = ["alerts", "--db", f"sqlite:///{tmp_path}/c.db", "--rules", str(rules)]
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node", *command], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"edge-node alerts: {rules}: alert[0] (x).clear_at: must not be above raise_at (hysteresis: 9 > 5)"
+    ]
