@@ -1,4 +1,4 @@
-"""The systemd unit: `systemd-analyze verify` passes and `security` rates it at or under 2.0."""
+"""The systemd unit: `systemd-analyze verify` passes and `security` rates it at or under 1.6."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_unit_verifies(unit):
     assert "edge-node.service" not in result.stderr, result.stderr
 
 
-def test_unit_is_rated_at_or_under_2(unit):
+def test_unit_is_rated_at_or_under_1_6(unit):
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(unit)],
         capture_output=True,
@@ -42,7 +42,7 @@ def test_unit_is_rated_at_or_under_2(unit):
         timeout=60,
     )
     exposure = float(re.search(r"Overall exposure level for edge-node.service: ([\d.]+)", result.stdout)[1])
-    assert exposure <= 2.0
+    assert exposure <= 1.6  # DESIGN §8 asks 2.0; issue 11 keeps what was reached
 
 
 def test_unit_has_the_designed_settings():
@@ -65,3 +65,18 @@ def test_unit_has_the_designed_settings():
     ]:
         assert line in text, line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+
+
+def _directives(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_unit_bounds_what_a_bug_or_hostile_input_can_take():
+    """Issue 11: memory, tasks and journal lines are bounded, and a blocked system call fails
+    with EPERM rather than killing the daemon (SIGSYS) into its start limit."""
+    settings = _directives(UNIT.read_text())
+    assert settings["SystemCallErrorNumber"] == "EPERM"
+    assert int(settings["TasksMax"]) <= 128
+    memory_max = settings["MemoryMax"]
+    assert memory_max.endswith("M") and 64 <= int(memory_max[:-1]) <= 256  # daemon ~30 MB
+    assert settings["LogRateLimitIntervalSec"] and int(settings["LogRateLimitBurst"]) <= 1000
