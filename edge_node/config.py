@@ -23,8 +23,9 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from typing import Any
+
+from .broker_url import BrokerAddress, parse_broker_url, refuse_clear_password
 
 __all__ = [
     "DRIVERS",
@@ -296,6 +297,15 @@ def table(schema: Mapping[str, Key], *, then: Callable[[dict[str, Any]], None] |
     return check
 
 
+def boolean() -> Check:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _Invalid(f"must be true or false (got {_show(value)})")
+        return value
+
+    return check
+
+
 def integer(*, min: int | None = None, max: int | None = None) -> Check:
     def check(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -381,42 +391,12 @@ def size(*, min_bytes: int, min_shown: str) -> Check:
 # --- Checks for particular values --------------------------------------------------------------
 
 
-class _BrokerAddress(NamedTuple):
-    url: str
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str, *, credentials_hint: str) -> tuple[str, int, bool]:
-    """(host, port, tls) of an mqtt:// or mqtts:// URL; ValueError with the problem otherwise.
-    Shared with `edge-node provision`, which checks its --broker the same way."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as err:
-        raise ValueError(f"not a valid URL: {err}") from None
-    if parts.username is not None or parts.password is not None:  # checked first: never echo a secret
-        raise ValueError(f"must not contain credentials; use {credentials_hint}")
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"must start with mqtt:// or mqtts:// (got {_show(url)})")
-    if not parts.hostname:
-        raise ValueError(f"needs a host (got {_show(url)})")
-    if port == 0:
-        raise ValueError(f"port must be 1..65535 (got {_show(url)})")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"must not have a path, query or fragment (got {_show(url)})")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, port or (8883 if tls else 1883), tls
-
-
-def _broker_url(value: Any) -> _BrokerAddress:
+def _broker_url(value: Any) -> BrokerAddress:
     url = string()(value)
     try:
-        host, port, tls = parse_broker_url(url, credentials_hint="broker.username and broker.password_file")
+        return parse_broker_url(url, credentials_hint="broker.username and broker.password_file")
     except ValueError as err:
         raise _Invalid(str(err)) from None
-    return _BrokerAddress(url, host, port, tls)
 
 
 def _topic_prefix(value: Any) -> str:
@@ -472,6 +452,15 @@ def _broker_credentials_fit(broker: dict[str, Any]) -> None:
         for name in ("client_cert", "client_key", "ca_file"):
             if broker[name] is not None:
                 raise _Invalid("needs TLS: use an mqtts:// broker.url", name)
+    try:
+        refuse_clear_password(
+            broker["url"].tls,
+            broker["password_file"] is not None,
+            insecure=broker["allow_insecure"],
+            insecure_hint="set broker.allow_insecure = true",
+        )
+    except ValueError as err:
+        raise _Invalid(str(err), "password_file") from None
 
 
 SECTIONS: dict[str, dict[str, Key]] = {
@@ -491,6 +480,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "ca_file": Key(_PATH, None),
         "topic_prefix": Key(_topic_prefix, "city/terrassa/nodes"),
         "keepalive_s": Key(integer(min=5, max=3600), 30),
+        "allow_insecure": Key(boolean(), False),  # a password over mqtt:// (issue 11)
     },
     "buffer": {
         "path": Key(_PATH, "/var/lib/edge-node/buffer.db"),
@@ -704,7 +694,7 @@ def _build(values: dict[str, Any], source: str, base_dir: Path, data: bytes) -> 
 
     node, broker, buffer = values["node"], values["broker"], values["buffer"]
     location = node["location"] or {"lat": None, "lon": None}
-    address: _BrokerAddress = broker["url"]
+    address: BrokerAddress = broker["url"]
     return Config(
         source=source,
         node=NodeConfig(id=node["id"], site=node["site"], lat=location["lat"], lon=location["lon"]),

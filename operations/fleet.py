@@ -96,8 +96,8 @@ import uuid
 from collections import deque
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
+from edge_node.broker_url import parse_broker_url, refuse_clear_password
 from edge_node.untrusted import (
     Heartbeat,
     Malformed,
@@ -699,15 +699,20 @@ class BrokerError(Exception):
     pass
 
 
-def connect(fleet: Fleet, url: str, *, username=None, password=None, ca=None, timeout: float = 5.0):
-    """A paho client subscribed to the fleet's topics, feeding `fleet` from its own thread."""
+def connect(
+    fleet: Fleet, url: str, *, username=None, password=None, ca=None, insecure=False, timeout: float = 5.0
+):
+    """A paho client subscribed to the fleet's topics, feeding `fleet` from its own thread.
+    ValueError for a URL the one parser refuses, or a password that would travel in clear."""
     import paho.mqtt.client as mqtt
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"--broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (got {url!r})")
-    tls = parts.scheme == "mqtts" or ca is not None
-    port = parts.port or (8883 if tls else 1883)
+    try:
+        address = parse_broker_url(url)
+        tls = address.tls or ca is not None
+        refuse_clear_password(tls, password is not None, insecure=insecure)
+    except ValueError as err:
+        raise ValueError(f"--broker: {err}") from None
+    port = address.port
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-node-fleet-{uuid.uuid4().hex[:8]}"
     )
@@ -734,7 +739,7 @@ def connect(fleet: Fleet, url: str, *, username=None, password=None, ca=None, ti
     client.on_connect = on_connect
     client.on_message = on_message
     try:
-        client.connect(parts.hostname, port, keepalive=30)
+        client.connect(address.host, port, keepalive=30)
     except (OSError, ssl.SSLError) as err:
         raise BrokerError(f"cannot reach broker {url}: {err}") from None
     client.loop_start()
@@ -763,6 +768,7 @@ def register(sub) -> argparse.ArgumentParser:
         "--password-file", metavar="F", help="file holding the password (trailing newline ignored)"
     )
     p.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
+    p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
     p.add_argument("--topic-prefix", metavar="P", default=DEFAULT_PREFIX, help=f"default {DEFAULT_PREFIX}")
     p.add_argument("--json", action="store_true", help="print a JSON list of per-node objects")
     p.add_argument("--watch", action="store_true", help="a live table, refreshed every second")
@@ -807,7 +813,9 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
     window_s = WATCH_WINDOW_S if args.watch else max(args.listen, 1.0)
     fleet = Fleet(args.topic_prefix, rules, window_s=window_s, max_nodes=args.max_nodes)
     try:
-        client = connect(fleet, args.broker, username=args.username, password=password, ca=args.ca)
+        client = connect(
+            fleet, args.broker, username=args.username, password=password, ca=args.ca, insecure=args.insecure
+        )
     except ValueError as err:
         print(f"edge-node fleet: {err}", file=sys.stderr)
         return 2

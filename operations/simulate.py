@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from city import terrassa
+from edge_node.broker_url import parse_broker_url, refuse_clear_password
 from edge_node.config import Config, ConfigError, parse_config
 
 from . import history
@@ -101,6 +102,7 @@ class FleetOptions:
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
+    insecure: bool = False  # a password over mqtt:// accepted (broker.allow_insecure)
     history_h: float = 0.0  # hours of past readings put in each buffer before it starts
     place: bool = True  # each node on one of Terrassa's streets (city.terrassa), else no location
     street_offset: int = 0  # a second fleet beside a first of this many nodes takes the next spots
@@ -206,6 +208,8 @@ def node_config_text(spec: NodeSpec, opts: FleetOptions, buffer: Path) -> str:
         lines.append(f"username = {_q(opts.username)}")
     if opts.password_file:
         lines.append(f"password_file = {_q(Path(opts.password_file).resolve())}")
+    if opts.insecure:
+        lines.append("allow_insecure = true")
     if opts.ca_file:
         lines.append(f"ca_file = {_q(Path(opts.ca_file).resolve())}")
     lines += [
@@ -365,6 +369,12 @@ async def run_fleet(
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    try:
+        address = parse_broker_url(args.broker)
+        refuse_clear_password(address.tls, args.password_file is not None, insecure=args.insecure)
+    except ValueError as err:
+        print(f"edge-node simulate: --broker: {err}", file=sys.stderr)
+        return 2
     level = logging.INFO if args.verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     node_filter = _NodeFilter()
@@ -388,6 +398,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         username=args.username,
         password_file=args.password_file,
         ca_file=args.ca,
+        insecure=args.insecure,
         history_h=args.history,
         place=not args.no_location,
         street_offset=args.street_offset,
@@ -496,6 +507,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--username", help="broker username (all nodes)")
     p.add_argument("--password-file", type=Path, help="broker password file (all nodes)")
     p.add_argument("--ca", type=Path, help="CA file for mqtts://")
+    p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
     p.add_argument("-v", "--verbose", action="store_true", help="the daemons' INFO log too")
     p.set_defaults(func=run_simulate)
     return p

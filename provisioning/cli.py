@@ -95,6 +95,11 @@ def register(sub) -> None:
     )
     p.add_argument("--topic-prefix", metavar="P", help="topic prefix (default city/terrassa/nodes)")
     p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept a password over plain mqtt:// (it travels in clear; writes broker.allow_insecure)",
+    )
+    p.add_argument(
         "--config", default=DEFAULT_CONFIG, metavar="PATH", help=f"config to write (default {DEFAULT_CONFIG})"
     )
     _root_option(p, "write everything there and run no systemctl")

@@ -36,7 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_node.config import NODE_ID_PATTERN, SECTIONS, Config, ConfigError, parse_broker_url, parse_config
+from edge_node.broker_url import parse_broker_url, refuse_clear_password
+from edge_node.config import NODE_ID_PATTERN, SECTIONS, Config, ConfigError, parse_config
 
 from .install import (
     SERVICE,
@@ -206,6 +207,7 @@ class Plan:
     simulate: bool
     report_path: Path | None
     yes: bool
+    insecure: bool = False  # a password over mqtt://, said so with --insecure
 
 
 def _read_source(option: str, path: str, *, marker: str | None = None, one_line: bool = False) -> bytes:
@@ -228,7 +230,7 @@ def _read_source(option: str, path: str, *, marker: str | None = None, one_line:
 def _check_url(url: str) -> bool:
     """Whether the URL is TLS; UsageError when it is not a usable broker URL."""
     try:
-        return parse_broker_url(url, credentials_hint="--username and --password-file")[2]
+        return parse_broker_url(url, credentials_hint="--username and --password-file").tls
     except ValueError as err:
         raise UsageError(f"--broker: {err}") from None
 
@@ -265,6 +267,10 @@ def validate(args: argparse.Namespace) -> Plan:
             raise UsageError("--username and --password-file go together")
         if not args.username.strip():
             raise UsageError("--username: must not be empty")
+        try:
+            refuse_clear_password(tls, True, insecure=getattr(args, "insecure", False))
+        except ValueError as err:
+            raise UsageError(f"--broker: {err}") from None
         secrets[SECRET] = (_read_source("--password-file", args.password_file, one_line=True), 0o600)
     else:
         if args.client_cert is None or args.client_key is None:
@@ -305,6 +311,7 @@ def validate(args: argparse.Namespace) -> Plan:
         simulate=args.simulate,
         report_path=report_path,
         yes=args.yes,
+        insecure=by_password and not tls,
     )
 
 
@@ -329,6 +336,8 @@ def config_document(plan: Plan, sensors: dict[str, dict], existing: dict[str, An
     if plan.username is not None:
         broker["username"] = plan.username
         broker["password_file"] = str(SECRET)
+        if plan.insecure:
+            broker["allow_insecure"] = True
     else:
         broker["client_cert"] = str(CLIENT_CERT)
         broker["client_key"] = str(CLIENT_KEY)

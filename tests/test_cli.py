@@ -35,7 +35,9 @@ BAD_CASES = {
     "bad_address": (GOOD + "address = 0x50\n", "sensors.bme280.address:"),
     "bad_toml": (GOOD + "[[[\n", "invalid TOML"),
     "missing_password_file": (
-        GOOD.replace('url = "mqtt', 'username = "u"\npassword_file = "nope"\nurl = "mqtt'),
+        GOOD.replace(
+            'url = "mqtt', 'username = "u"\npassword_file = "nope"\nallow_insecure = true\nurl = "mqtt'
+        ),
         "broker.password_file: cannot read",
     ),
     "bad_size": (GOOD.replace("[buffer]", '[buffer]\nmax_bytes = "lots"'), "buffer.max_bytes:"),

@@ -305,7 +305,9 @@ def test_parse_config_resolves_against_base_dir_or_the_working_directory(tmp_pat
 
 def test_password_strips_only_one_trailing_newline(tmp_path):
     (tmp_path / "secret").write_text("pw \n\n")
-    config = parse(MINIMAL + 'username = "u"\npassword_file = "secret"\n', base_dir=tmp_path)
+    config = parse(
+        MINIMAL + 'username = "u"\npassword_file = "secret"\nallow_insecure = true\n', base_dir=tmp_path
+    )
     assert config.broker.password() == "pw \n"
 
 
@@ -387,6 +389,19 @@ BAD_CONFIGS = {
     "url with credentials, never echoed": (
         MINIMAL.replace("mqtt://", "http://user:hunter2@"),
         "broker.url: must not contain credentials; use broker.username and broker.password_file",
+    ),
+    "password over mqtt://": (
+        MINIMAL + 'username = "u"\npassword_file = "secret"\n',
+        "broker.password_file: a password over mqtt:// travels in clear: use an mqtts:// broker, or "
+        "set broker.allow_insecure = true on a network you trust",
+    ),
+    "credentials in a query": (
+        MINIMAL.replace("broker.example", "broker.example/?password=hunter2"),
+        'broker.url: must not have a path, query or fragment (got "mqtt://broker.example/"...)',
+    ),
+    "allow_insecure not a bool": (
+        MINIMAL + 'allow_insecure = "yes"\n',
+        'broker.allow_insecure: must be true or false (got "yes")',
     ),
     "password_file without username": (
         MINIMAL + 'password_file = "secret"\n',
