@@ -18,7 +18,8 @@ import signal
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
+
+from edge_node.broker_url import parse_broker_url, refuse_clear_password
 
 from .alerts import Alert, Rules, RulesError, load_rules
 
@@ -31,15 +32,23 @@ def _fail(message: str, code: int) -> int:
 class Publisher:
     """A small QoS 1 publisher (paho-mqtt): each message retained, each waited for."""
 
-    def __init__(self, url: str, *, username=None, password_file=None, ca=None, client_id="edge-node-alerts"):
+    def __init__(
+        self,
+        url: str,
+        *,
+        username=None,
+        password_file=None,
+        ca=None,
+        insecure=False,
+        client_id="edge-node-alerts",
+    ):
         import paho.mqtt.client as mqtt
 
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"--broker: must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (got {url!r})")
-        if parts.username or parts.password:
-            raise ValueError("--broker: no credentials in the URL: use --username and --password-file")
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        try:
+            address = parse_broker_url(url)  # the one parser: no credentials in a URL
+            refuse_clear_password(address.tls, bool(username and password_file), insecure=insecure)
+        except ValueError as err:
+            raise ValueError(f"--broker: {err}") from None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if username:
             password = None
@@ -52,9 +61,9 @@ class Publisher:
                         f"--password-file: cannot read {password_file}: {err.strerror}"
                     ) from None
             self.client.username_pw_set(username, password)
-        if parts.scheme == "mqtts":
+        if address.tls:
             self.client.tls_set(ca_certs=ca)
-        self.client.connect(parts.hostname, port, keepalive=30)
+        self.client.connect(address.host, address.port, keepalive=30)
         self.client.loop_start()
         self.sent: dict[str, str] = {}
 
@@ -172,6 +181,7 @@ def register(sub) -> None:
     p.add_argument("--username", metavar="U")
     p.add_argument("--password-file", metavar="F")
     p.add_argument("--ca", metavar="FILE", help="CA bundle for mqtts://")
+    p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
     p.add_argument("--watch", type=float, metavar="S", help="evaluate again every S seconds until stopped")
     p.add_argument("--json", action="store_true", help="one JSON array per evaluation")
     p.set_defaults(func=cmd_alerts)

@@ -210,11 +210,14 @@ def register(sub) -> None:
             "acknowledging each message to the broker only after its rows are committed."
         ),
     )
-    ingest.add_argument("--broker", metavar="URL", help="mqtt://[USER:PASSWORD@]HOST[:PORT] or mqtts://...")
+    ingest.add_argument("--broker", metavar="URL", help="mqtt://HOST[:PORT] or mqtts://... (no credentials)")
     ingest.add_argument("--db", metavar="DSN", help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     ingest.add_argument("--username", metavar="U")
     ingest.add_argument("--password-file", metavar="F", help="file holding the password")
     ingest.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
+    ingest.add_argument(
+        "--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)"
+    )
     ingest.add_argument("--client-cert", metavar="FILE", help="client certificate (with --client-key)")
     ingest.add_argument("--client-key", metavar="FILE")
     ingest.add_argument(

@@ -40,7 +40,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import unquote, urlsplit
+
+from edge_node.broker_url import parse_broker_url, refuse_clear_password
 
 from .db import Database, DatabaseError, utc_now
 from .gaps import Gap, SeqRange
@@ -413,29 +414,28 @@ class Storage:
 
 class BrokerSettings:
     def __init__(self, args: argparse.Namespace):
-        parts = urlsplit(args.broker)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(
-                f"--broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (got {args.broker!r})"
-            )
         try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"--broker: bad port in {args.broker!r}") from None
-        self.url = (
-            f"{parts.scheme}://{parts.hostname}:{port}" if port else f"{parts.scheme}://{parts.hostname}"
-        )
-        self.host = parts.hostname
-        self.tls = parts.scheme == "mqtts" or args.ca is not None
-        self.port = port or (8883 if self.tls else 1883)
-        self.username = args.username or (unquote(parts.username) if parts.username else None)
-        self.password = unquote(parts.password) if parts.password else None
+            address = parse_broker_url(args.broker)  # the one parser: no credentials in a URL
+        except ValueError as err:
+            raise ValueError(f"--broker: {err}") from None
+        self.url = address.url
+        self.host = address.host
+        self.tls = address.tls or args.ca is not None
+        self.port = address.port
+        self.username = args.username
+        self.password = None
         if args.password_file:
             try:
                 with open(args.password_file, encoding="utf-8") as f:
                     self.password = f.read().rstrip("\r\n")
             except OSError as err:
                 raise ValueError(f"cannot read --password-file: {err}") from None
+        try:
+            refuse_clear_password(
+                self.tls, self.password is not None, insecure=getattr(args, "insecure", False)
+            )
+        except ValueError as err:
+            raise ValueError(f"--broker: {err}") from None
         if bool(args.client_cert) != bool(args.client_key):
             raise ValueError("--client-cert and --client-key go together")
         self.ca, self.cert, self.key = args.ca, args.client_cert, args.client_key

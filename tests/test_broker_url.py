@@ -47,6 +47,7 @@ def test_every_tool_refuses_credentials_in_the_url_in_one_line_without_echoing_t
     for argv in (
         ["fleet", "--broker", url, "--listen", "0"],
         ["simulate", "--broker", url, "--nodes", "1", "--seconds", "1", "--workdir", str(tmp_path)],
+        ["ingest", "--broker", url, "--db", f"sqlite:///{tmp_path}/city.db"],
     ):
         result = _edge_node(*argv)
         assert result.returncode == 2, (argv, result.stderr)

@@ -201,5 +201,5 @@ def test_bad_usage_is_one_line_and_exit_2(city_dsn):
     assert out.returncode == 2
     assert (
         out.stderr.strip()
-        == "edge-node ingest: --broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (got 'http://x')"
+        == 'edge-node ingest: --broker: must start with mqtt:// or mqtts:// (got "http://x")'
     )
