@@ -410,10 +410,11 @@ def baseline_messages(db_path: Path, node: str, batch: int) -> list[tuple[str, b
 def sensor_read_ms(config_path: Path, reads: int = 300) -> float:
     """CPU ms of one `read()` of the config's first sensor (driver + simulator), in this thread."""
     from edge_node.config import load_config
-    from edge_node.sensors import Simulation, build_drivers
+    from edge_node.sensors import build_drivers
+    from sensors.simulation import SimulatedNode
 
     config = load_config(config_path)
-    sim = Simulation(config.simulation.seed)
+    sim = SimulatedNode(seed=config.simulation.seed)
     try:
         driver = next(iter(build_drivers(config, sim).values()))
         driver.open()

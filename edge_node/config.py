@@ -7,23 +7,38 @@ The schema is declarative, in the manner of ESPHome's ``CONFIG_SCHEMA``: each se
 driver's options, is a table of `Key`s; a key is a check (which validates one TOML value and
 converts it) and a default. A default is written as it would be in the file and goes through the
 same check, so a missing section is validated as an empty table and reports its own missing
-required keys. Unknown keys are errors. To support a new driver, add one entry to `DRIVERS`.
+required keys. Unknown keys are errors. The sensors' options are declared by their components
+(`sensors/<driver>/`, the schema language in `sensors.schema`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sensors import components
+from sensors.component import Component
+from sensors.schema import (
+    Check,
+    Invalid,
+    Key,
+    boolean,
+    check_at,
+    integer,
+    number,
+    show,
+    string,
+    table,
+    validate_table,
+)
 
 from .broker_url import BrokerAddress, parse_broker_url, refuse_clear_password
 
@@ -33,7 +48,6 @@ __all__ = [
     "BufferConfig",
     "Config",
     "ConfigError",
-    "DriverSchema",
     "SECTIONS",
     "ForwardConfig",
     "RemoteConfig",
@@ -215,159 +229,6 @@ _SIZE_UNITS = {
 }
 
 
-# --- Schema machinery --------------------------------------------------------------------------
-
-
-class _Invalid(Exception):
-    """One value failed its check. Each table it passes through on the way up prepends its key."""
-
-    def __init__(self, problem: str, *path: str, did_you_mean: str | None = None) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.path = list(path)
-        self.did_you_mean = did_you_mean  # a sibling key, for "unknown key"
-
-
-Check = Callable[[Any], Any]
-REQUIRED: Any = object()
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key of a table: `check` validates and converts the value. `default` is REQUIRED,
-    None (optional, no value) or a value written as in the file, which `check` also converts."""
-
-    check: Check
-    default: Any = REQUIRED
-
-
-def _show(value: Any) -> str:
-    """A value as the user would recognise it from the file, JSON-like, on one line."""
-    if isinstance(value, float) and not math.isfinite(value):
-        shown = repr(value)  # nan, inf, -inf: as TOML writes them
-    elif isinstance(value, datetime.date | datetime.time):
-        shown = value.isoformat()  # unquoted, as TOML writes it
-    else:
-        shown = json.dumps(value, ensure_ascii=False, default=str)  # default: dates inside arrays or tables
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
-def _either(options: list[str]) -> str:
-    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
-
-
-def _check_at(name: str, check: Check, value: Any) -> Any:
-    try:
-        return check(value)
-    except _Invalid as err:
-        err.path.insert(0, name)
-        raise
-
-
-def _validate_table(value: Any, schema: Mapping[str, Key]) -> dict[str, Any]:
-    """Check a table's keys in file order, then fill defaults; the result is in schema order."""
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be a table (got {_show(value)})")
-    checked = {}
-    for name, item in value.items():
-        if name not in schema:
-            import difflib  # only for a message; not worth its memory in a running daemon
-
-            close = difflib.get_close_matches(name, list(schema), n=1)
-            raise _Invalid("unknown key", name, did_you_mean=close[0] if close else None)
-        checked[name] = _check_at(name, schema[name].check, item)
-    for name, key in schema.items():
-        if name in checked:
-            continue
-        if key.default is REQUIRED:
-            raise _Invalid("required", name)
-        checked[name] = None if key.default is None else _check_at(name, key.check, key.default)
-    return {name: checked[name] for name in schema}
-
-
-def table(schema: Mapping[str, Key], *, then: Callable[[dict[str, Any]], None] | None = None) -> Check:
-    """A check for a table with these keys; `then` checks rules across its keys."""
-
-    def check(value: Any) -> dict[str, Any]:
-        result = _validate_table(value, schema)
-        if then is not None:
-            then(result)
-        return result
-
-    return check
-
-
-def boolean() -> Check:
-    def check(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise _Invalid(f"must be true or false (got {_show(value)})")
-        return value
-
-    return check
-
-
-def integer(*, min: int | None = None, max: int | None = None) -> Check:
-    def check(value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _Invalid(f"must be an integer (got {_show(value)})")
-        _check_bounds(value, min=min, max=max)
-        return value
-
-    return check
-
-
-def number(*, min: float | None = None, above: float | None = None, max: float | None = None) -> Check:
-    """A float; TOML integers are accepted, booleans never. `above` is an exclusive minimum."""
-
-    def check(value: Any) -> float:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise _Invalid(f"must be a number (got {_show(value)})")
-        if not math.isfinite(value):
-            raise _Invalid(f"must be a finite number (got {_show(value)})")
-        if above is not None and not value > above:
-            raise _Invalid(f"must be > {above} (got {_show(value)})")
-        _check_bounds(value, min=min, max=max)
-        return float(value)
-
-    return check
-
-
-def _check_bounds(value: float, *, min: float | None, max: float | None) -> None:
-    if min is not None and value < min:
-        raise _Invalid(f"must be >= {min} (got {_show(value)})")
-    if max is not None and value > max:
-        raise _Invalid(f"must be <= {max} (got {_show(value)})")
-
-
-def string(*, pattern: str | None = None, allow_empty: bool = False) -> Check:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Invalid(f"must be a string (got {_show(value)})")
-        if not value and not allow_empty:
-            raise _Invalid("must not be empty")
-        if pattern is not None and not re.fullmatch(pattern, value):
-            raise _Invalid(f"must match {pattern} (got {_show(value)})")
-        return value
-
-    return check
-
-
-def choice(
-    *options: Any, aliases: Mapping[Any, Any] | None = None, show: Callable[[Any], str] = _show
-) -> Check:
-    """One of `options` (all strings or all integers); an alias is accepted and replaced."""
-    aliases = aliases or {}
-    type_check = integer() if isinstance(options[0], int) else string()
-
-    def check(value: Any) -> Any:
-        value = aliases.get(type_check(value), value)
-        if value not in options:
-            raise _Invalid(f"must be {_either([show(option) for option in options])} (got {show(value)})")
-        return value
-
-    return check
-
-
 def size(*, min_bytes: int, min_shown: str) -> Check:
     """Bytes, as an integer or as a string with a unit ("512MB", "64MiB", ...)."""
 
@@ -376,13 +237,13 @@ def size(*, min_bytes: int, min_shown: str) -> Check:
             try:
                 count = parse_size(value)
             except ValueError:
-                raise _Invalid(f'must be a size like "512MB" or "64MiB" (got {_show(value)})') from None
+                raise Invalid(f'must be a size like "512MB" or "64MiB" (got {show(value)})') from None
         elif isinstance(value, int) and not isinstance(value, bool):
             count = value
         else:
-            raise _Invalid(f'must be a byte count or a size like "512MB" (got {_show(value)})')
+            raise Invalid(f'must be a byte count or a size like "512MB" (got {show(value)})')
         if count < min_bytes:
-            raise _Invalid(f"must be >= {min_shown} (got {_show(value)})")
+            raise Invalid(f"must be >= {min_shown} (got {show(value)})")
         return count
 
     return check
@@ -396,44 +257,21 @@ def _broker_url(value: Any) -> BrokerAddress:
     try:
         return parse_broker_url(url, credentials_hint="broker.username and broker.password_file")
     except ValueError as err:
-        raise _Invalid(str(err)) from None
+        raise Invalid(str(err)) from None
 
 
 def _topic_prefix(value: Any) -> str:
     prefix = string()(value)
     if prefix.startswith("/") or prefix.endswith("/"):
-        raise _Invalid(f"must not start or end with '/' (got {_show(prefix)})")
+        raise Invalid(f"must not start or end with '/' (got {show(prefix)})")
     if "//" in prefix:
-        raise _Invalid(f"must not contain an empty topic level (got {_show(prefix)})")
+        raise Invalid(f"must not contain an empty topic level (got {show(prefix)})")
     if "+" in prefix or "#" in prefix:
-        raise _Invalid(f"must not contain the MQTT wildcards '+' or '#' (got {_show(prefix)})")
+        raise Invalid(f"must not contain the MQTT wildcards '+' or '#' (got {show(prefix)})")
     return prefix
 
 
-def _i2c_bus(value: Any) -> str:
-    bus = string()(value)
-    if bus != "sim" and not re.fullmatch(r"i2c:\d+", bus):
-        raise _Invalid(f'must be "sim" or "i2c:N" (got {_show(bus)})')
-    return bus
-
-
-def _serial_port(value: Any) -> str:
-    port = string()(value)
-    if port != "sim" and not port.startswith("/") and "://" not in port:
-        raise _Invalid(f'must be "sim", a device path or a pyserial URL (got {_show(port)})')
-    return port
-
-
-def _host_root(value: Any) -> str:
-    root = string()(value)
-    if root != "sim" and not root.startswith("/"):
-        raise _Invalid(f'must be "sim" or an absolute path (got {_show(root)})')
-    return root
-
-
 _PATH = string()  # a file path; relative ones are resolved against the config file's directory
-_GPIO_PIN = integer(min=0, max=27)  # BCM numbering, GPIO0..GPIO27 on the 40-pin header
-_PIN_FACTORY = choice("lgpio", "sim", aliases={"mock": "sim"})  # "mock": gpiozero's MockFactory
 
 
 # --- The schema --------------------------------------------------------------------------------
@@ -444,14 +282,14 @@ SENSOR_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
 def _broker_credentials_fit(broker: dict[str, Any]) -> None:
     if broker["password_file"] is not None and broker["username"] is None:
-        raise _Invalid("needs broker.username", "password_file")
+        raise Invalid("needs broker.username", "password_file")
     for present, missing in (("client_cert", "client_key"), ("client_key", "client_cert")):
         if broker[present] is not None and broker[missing] is None:
-            raise _Invalid(f"needs broker.{missing} (a client certificate and its key go together)", present)
+            raise Invalid(f"needs broker.{missing} (a client certificate and its key go together)", present)
     if not broker["url"].tls:
         for name in ("client_cert", "client_key", "ca_file"):
             if broker[name] is not None:
-                raise _Invalid("needs TLS: use an mqtts:// broker.url", name)
+                raise Invalid("needs TLS: use an mqtts:// broker.url", name)
     try:
         refuse_clear_password(
             broker["url"].tls,
@@ -460,7 +298,7 @@ def _broker_credentials_fit(broker: dict[str, Any]) -> None:
             insecure_hint="set broker.allow_insecure = true",
         )
     except ValueError as err:
-        raise _Invalid(str(err), "password_file") from None
+        raise Invalid(str(err), "password_file") from None
 
 
 SECTIONS: dict[str, dict[str, Key]] = {
@@ -519,91 +357,34 @@ _FAULT = table(
 def _simulated_faults(value: Any) -> tuple[dict[str, Any], ...]:
     """`[[simulation.faults]]` tables; which sensor and fault names exist is checked at start."""
     if not isinstance(value, list):
-        raise _Invalid(f"must be an array of tables (got {_show(value)})")
-    return tuple(_check_at(str(i), _FAULT, item) for i, item in enumerate(value))
+        raise Invalid(f"must be an array of tables (got {show(value)})")
+    return tuple(check_at(str(i), _FAULT, item) for i, item in enumerate(value))
 
 
 def _trusted_keys(value: Any) -> list[str]:
     from .signing import parse_public_key  # base64 only: no cryptography until a command arrives
 
     if not isinstance(value, list):
-        raise _Invalid(f'must be an array of "ed25519:..." keys (got {_show(value)})')
+        raise Invalid(f'must be an array of "ed25519:..." keys (got {show(value)})')
     for i, key in enumerate(value):
         try:
             parse_public_key(key)
         except ValueError as err:
-            raise _Invalid(f"{err} (got {_show(key)})", str(i)) from None
+            raise Invalid(f"{err} (got {show(key)})", str(i)) from None
     return list(value)
 
 
 SECTION_RULES = {"broker": _broker_credentials_fit}  # rules across the keys of one section
 
 
-@dataclass(frozen=True)
-class DriverSchema:
-    """What `[sensors.NAME]` accepts for one driver, besides `driver` and `interval_s`."""
-
-    interval_s: float  # the default sampling interval
-    options: Mapping[str, Key]
-    # The hardware a sensor holds, as (option, description), so no two sensors hold the same;
-    # None when it holds nothing exclusive (e.g. a simulated bus).
-    claim: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None
-
-
-def _gpio_claim(options: Mapping[str, Any]) -> tuple[str, str]:
-    return "pin", f"GPIO{options['pin']}"
-
-
-DRIVERS: dict[str, DriverSchema] = {
-    "bme280": DriverSchema(
-        interval_s=10,
-        options={
-            "bus": Key(_i2c_bus, "i2c:1"),
-            "address": Key(choice(0x76, 0x77, show=hex), 0x76),  # hex, as datasheets write it
-        },
-        claim=lambda o: (
-            None if o["bus"] == "sim" else ("address", f"I2C address {o['address']:#x} on {o['bus']}")
-        ),
-    ),
-    "sds011": DriverSchema(
-        interval_s=60,
-        options={
-            "port": Key(_serial_port, "/dev/serial0"),
-            # Without `duty` the sensor runs continuously; with it, it warms up for on_s (the fan
-            # and laser need >= 10 s), is read, and sleeps for off_s to spare the laser.
-            "duty": Key(table({"on_s": Key(number(min=10)), "off_s": Key(number(min=0))}), None),
-        },
-        claim=lambda o: None if o["port"] == "sim" else ("port", f"serial port {o['port']}"),
-    ),
-    "rain_gauge": DriverSchema(
-        interval_s=60,
-        options={
-            "pin": Key(_GPIO_PIN),
-            "pin_factory": Key(_PIN_FACTORY, "lgpio"),
-            "mm_per_tip": Key(number(above=0), 0.2794),
-        },
-        claim=_gpio_claim,
-    ),
-    "anemometer": DriverSchema(
-        interval_s=10,
-        options={
-            "pin": Key(_GPIO_PIN),
-            "pin_factory": Key(_PIN_FACTORY, "lgpio"),
-            "ms_per_hz": Key(number(above=0), 0.667),
-        },
-        claim=_gpio_claim,
-    ),
-    "pi_health": DriverSchema(
-        interval_s=60,
-        options={"root": Key(_host_root, "/")},
-    ),
-}
+# Every sensor component's declaration, by driver name (the registry: sensors/__init__.py).
+DRIVERS: Mapping[str, Component] = components()
 
 
 def _driver_name(value: Any) -> str:
     name = string()(value)
     if name not in DRIVERS:
-        raise _Invalid(f"unknown driver {_show(name)} (known: {', '.join(sorted(DRIVERS))})")
+        raise Invalid(f"unknown driver {show(name)} (known: {', '.join(sorted(DRIVERS))})")
     return name
 
 
@@ -613,42 +394,42 @@ _CALIBRATION = table({"offset": Key(number(), 0), "slope": Key(number(above=0), 
 def _calibration(value: Any) -> dict[str, dict[str, float]]:
     """`{ temperature = { offset = -0.4 }, humidity = { slope = 1.03 } }`: value' = value * slope + offset."""
     if not isinstance(value, dict):
-        raise _Invalid(f"must be a table of value names (got {_show(value)})")
-    return {name: _check_at(name, _CALIBRATION, item) for name, item in value.items()}
+        raise Invalid(f"must be a table of value names (got {show(value)})")
+    return {name: check_at(name, _CALIBRATION, item) for name, item in value.items()}
 
 
 def _sensor(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _Invalid(f"must be a table (got {_show(value)})")
+        raise Invalid(f"must be a table (got {show(value)})")
     if "driver" not in value:
-        raise _Invalid("required", "driver")
-    driver = DRIVERS[_check_at("driver", _driver_name, value["driver"])]
+        raise Invalid("required", "driver")
+    driver = DRIVERS[check_at("driver", _driver_name, value["driver"])]
     schema = {
         "driver": Key(_driver_name),
         "interval_s": Key(number(min=1), driver.interval_s),
         "calibration": Key(_calibration, {}),
         **driver.options,
     }
-    return _validate_table(value, schema)
+    return validate_table(value, schema)
 
 
 def _sensors(value: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict):
-        raise _Invalid(f"must be a table (got {_show(value)})")
+        raise Invalid(f"must be a table (got {show(value)})")
     sensors = {}
     holders: dict[str, str] = {}  # hardware description -> sensor name
     for name, item in value.items():
         if not re.fullmatch(SENSOR_NAME_PATTERN, name):
-            raise _Invalid(
+            raise Invalid(
                 f"sensor names must match {SENSOR_NAME_PATTERN} (they become MQTT topic levels)", name
             )
-        sensors[name] = sensor = _check_at(name, _sensor, item)
+        sensors[name] = sensor = check_at(name, _sensor, item)
         claim = DRIVERS[sensor["driver"]].claim
         held = claim(sensor) if claim is not None else None
         if held is not None:
             option, hardware = held
             if hardware in holders:
-                raise _Invalid(f"{hardware} is already used by sensors.{holders[hardware]}", name, option)
+                raise Invalid(f"{hardware} is already used by sensors.{holders[hardware]}", name, option)
             holders[hardware] = name
     return sensors
 
@@ -673,9 +454,9 @@ def _parse(
         document = _apply_layer(document, layer, source)
         data += b"\0" + json.dumps(layer, sort_keys=True, separators=(",", ":")).encode()
     try:
-        config = _build(_validate_table(document, CONFIG_SCHEMA), source, base_dir, data)
+        config = _build(validate_table(document, CONFIG_SCHEMA), source, base_dir, data)
         _check_files_readable(config.broker)
-    except _Invalid as err:
+    except Invalid as err:
         problem = err.problem
         if err.did_you_mean is not None:
             problem += f" (did you mean {_dotted([*err.path[:-1], err.did_you_mean])}?)"
@@ -746,7 +527,7 @@ def _check_files_readable(broker: BrokerConfig) -> None:
             with open(path, "rb"):
                 pass
         except OSError as err:
-            raise _Invalid(f"cannot read {path}: {err.strerror or err}", "broker", name) from None
+            raise Invalid(f"cannot read {path}: {err.strerror or err}", "broker", name) from None
 
 
 # --- The remote layer (issue 13): dotted keys set by signed commands over the technician's file ----

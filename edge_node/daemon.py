@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
 import time
 from collections import deque
 from functools import partial
-from pathlib import Path
 
 from drivers import Driver
+from sensors.simulation import SimulatedNode
 
+from . import status_file
 from .clock import boot_id, boottime, clock_synced, format_ts
 from .config import Config, SensorConfig
 from .forwarder import Forwarder, publish_timeout
 from .health import Health
 from .notify import Notifier
 from .quality import NodeAir, refine, units_with_corrections
-from .sensors import Simulation, build_drivers, check_faults, host_root
+from .sensors import build_sensors, check_faults
 from .store import BufferPathError, NewReading, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 STORE_OPEN_BUDGET_S = 300  # quick_check of a full 2M-row buffer on an SD card can take minutes
 QUEUE_SIZE = 1000  # readings between samplers and the store writer
 OVERFLOW_ROWS = 10_000  # readings held in memory while the store cannot be written
@@ -47,12 +46,6 @@ async def _sleep_beating(seconds: float, beat) -> None:
     while (left := deadline - time.monotonic()) > 0:
         beat()
         await asyncio.sleep(min(left, 1.0))
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
 
 
 def _check_values(values) -> None:
@@ -116,10 +109,10 @@ class Daemon:
         except StoreError as err:  # a failing card: sample into memory, report it, retry the open
             log.error("%s; holding readings in memory until the buffer opens", err)
             store_error = str(err)
-        sim = Simulation(cfg.simulation.seed, cfg.simulation.faults)
+        sim = SimulatedNode(seed=cfg.simulation.seed, faults=cfg.simulation.faults)
         try:
-            drivers = build_drivers(cfg, sim)
-            root = host_root(cfg, sim)
+            sensors = build_sensors(cfg, sim)
+            drivers, root = sensors.drivers, sensors.host_root
             from drivers.host import host_vitals
 
             disk = str(cfg.buffer.path.parent)
@@ -158,7 +151,9 @@ class Daemon:
             sim.close()
             self.notifier.close()
 
-    async def _supervise(self, stop: asyncio.Event, drivers: dict[str, Driver], sim: Simulation, root: str):
+    async def _supervise(
+        self, stop: asyncio.Event, drivers: dict[str, Driver], sim: SimulatedNode, root: str
+    ):
         queue: asyncio.Queue[NewReading | None] = asyncio.Queue(QUEUE_SIZE)
         async with asyncio.TaskGroup() as tg:
             samplers = [
@@ -380,13 +375,15 @@ class Daemon:
     async def _write_status(self) -> None:
         """A small JSON for `edge-node status`: in systemd's RuntimeDirectory (RAM) when there is
         one, else beside the buffer at the heartbeat's pace, to spare the card."""
-        runtime = os.environ.get("RUNTIME_DIRECTORY")
-        path = Path(runtime.split(":")[0] if runtime else self.config.buffer.path.parent) / STATUS_FILE
-        interval = 5.0 if runtime else self.config.health.heartbeat_s
+        cfg = self.config
+        where = status_file.written_at(
+            cfg.buffer.path.parent, cfg.health.heartbeat_s, os.environ.get("RUNTIME_DIRECTORY")
+        )
+        path, interval = where.path, where.interval_s
         failing = False
         while True:
             try:
-                write_json_atomic(path, self._status_snapshot())
+                status_file.write(path, self._status_snapshot())
                 failing = False
             except OSError as err:
                 if not failing:  # once, not every heartbeat: the log may live on the same card
@@ -394,7 +391,7 @@ class Daemon:
                 failing = True
             await asyncio.sleep(interval)
 
-    def _status_snapshot(self) -> dict:
+    def _status_snapshot(self) -> status_file.Status:
         fwd, store = self.forwarder, self.store
         try:
             oldest = store.oldest_unsent_wall()

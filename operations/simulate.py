@@ -27,6 +27,8 @@ from pathlib import Path
 from city import terrassa
 from edge_node.broker_url import parse_broker_url, refuse_clear_password
 from edge_node.config import Config, ConfigError, parse_config
+from sensors import components
+from sensors.schema import REQUIRED
 
 from . import history
 from .mosquitto import free_port
@@ -35,12 +37,18 @@ log = logging.getLogger("edge_node.simulate")
 
 DEFAULT_SENSORS = ("bme280", "host")
 
-# Sensor name -> its config table; each is a simulated device (cheap, no hardware, no GPIO).
-SENSOR_BLOCKS = {
-    "bme280": 'driver = "bme280"\nbus = "sim"\naddress = 0x76',
-    "sds011": 'driver = "sds011"\nport = "sim"',
-    "host": 'driver = "pi_health"\nroot = "sim"',
-}
+
+def _simulated_tables() -> dict[str, str]:
+    """Sensor name -> its config table on its simulated bus, for every component that needs
+    nothing more (a pulse input needs its pin: no GPIO here)."""
+    return {
+        c.name: f'driver = "{c.driver}"\n{c.bus} = "sim"'
+        for c in components().values()
+        if all(key.default is not REQUIRED for key in c.options.values())
+    }
+
+
+SENSOR_BLOCKS = _simulated_tables()
 
 # The node a log line comes from: each node's task runs in its own context (and so do the
 # threads its samplers use, asyncio.to_thread copies it).

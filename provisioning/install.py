@@ -23,7 +23,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from edge_node.config import Config
+from edge_node.config import DRIVERS, Config
+from sensors.buses import GPIO_CHIP, device_nodes
 
 from .report import Report
 
@@ -149,32 +150,12 @@ def is_pi5() -> bool:
         return False
 
 
-def _serial_device(port: str) -> str | None:
-    """The device node of a serial port setting: a path, or the path inside a pyserial URL
-    (`spy:///dev/serial0`); None for a simulated or network port."""
-    if port.startswith("/"):
-        return port
-    if "://" in port:
-        rest = port.split("://", 1)[1].split("?", 1)[0]
-        if rest.startswith("/"):
-            return rest
-    return None
-
-
 def configured_devices(config: Config, *, pi5: bool | None = None) -> list[str]:
     """The device nodes the configured sensors open: exactly what `DeviceAllow=` grants."""
-    devices: list[str] = []
-    gpio = False
-    for sensor in config.sensors.values():
-        options = sensor.options
-        if sensor.driver == "bme280" and options["bus"] != "sim":
-            devices.append(f"/dev/i2c-{options['bus'].split(':', 1)[1]}")
-        elif sensor.driver == "sds011" and (device := _serial_device(options["port"])):
-            devices.append(device)
-        elif sensor.driver in ("rain_gauge", "anemometer") and options["pin_factory"] != "sim":
-            gpio = True
-    if gpio:
-        devices.append("/dev/gpiochip0")
+    opened = [node for s in config.sensors.values() for node in device_nodes(DRIVERS[s.driver], s.options)]
+    devices = [node for node in opened if node != GPIO_CHIP]
+    if GPIO_CHIP in opened:
+        devices.append(GPIO_CHIP)
         if is_pi5() if pi5 is None else pi5:  # the header's RP1 chip; numbered 4 on older kernels
             devices.append("/dev/gpiochip4")
     return list(dict.fromkeys(devices))

@@ -1,7 +1,7 @@
 """`edge-node selftest`: read each configured sensor several times and judge it (DESIGN §6, issue 5).
 
 The drivers are built as the daemon builds them (`edge_node.sensors.build_drivers`, with a
-`Simulation` for the "sim" buses); the config's `[[simulation.faults]]` scheduled at `at_s = 0`
+`SimulatedNode` for the "sim" buses); the config's `[[simulation.faults]]` scheduled at `at_s = 0`
 are switched on before any driver opens (later ones, and the clearing of `for_s`, belong to a
 running daemon and are not played here). Each sensor then gets one check, `selftest.<name>`:
 open, then `reads` reads `spacing_s` apart. It passes when
@@ -9,14 +9,15 @@ open, then `reads` reads `spacing_s` apart. It passes when
 - every read succeeded (a `DriverError`, or anything else raised, is a fault; so is a failed
   open, after which the sensor is not read),
 - the values are plausible: no read flagged `out_of_range`,
-- they are not stuck: no read flagged `stuck` by the driver, and, for the noisy sensors (BME280,
-  SDS011), the value sets are not identical across all reads (with at least
-  `IDENTICAL_MIN_READS` reads; a still 0 mm of rain or a calm are normal and never "stuck"),
+- they are not stuck: no read flagged `stuck` by the driver, and, for the sensors whose
+  component says they are noisy (`Component.noisy`), the value sets are not identical across
+  all reads (with at least `IDENTICAL_MIN_READS` reads; a still 0 mm of rain or a calm are
+  normal and never "stuck"),
 - and at least one read returned a reading (None means asleep).
 
-A duty-cycled SDS011 (`duty = {on_s, off_s}`) would sleep through most of a short test, so it
-runs continuously for the test: its config is used without `duty`. Its readings within
-30 s of waking carry `warming_up`, which is not a failure.
+Each sensor is read with the options its component gives for a self-test
+(`Component.selftest_options`): a duty-cycled SDS011 would sleep through most of a short test, so
+it runs continuously. Readings within a warm-up carry `warming_up`, which is not a failure.
 
 Sensors are tested in parallel, one thread each, so five sensors read five times a second apart
 take about five seconds, not 25; the checks are added in config order once all are done.
@@ -36,13 +37,13 @@ from collections import Counter
 from collections.abc import Mapping
 
 from drivers import Driver
-from edge_node.config import Config
-from edge_node.sensors import Simulation, build_drivers, check_faults
+from edge_node.config import DRIVERS, Config
+from edge_node.sensors import build_drivers, check_faults
+from sensors.component import describe_error
+from sensors.simulation import SimulatedNode
 
-from .detect import describe_error
 from .report import Check, Report
 
-NOISY_DRIVERS = {"bme280", "sds011"}  # a live one never repeats all its values read after read
 IDENTICAL_MIN_READS = 3  # fewer identical reads prove nothing
 GIVE_UP_AFTER_S = 15.0  # beyond reads x spacing, a failing sensor gets no more reads
 
@@ -57,8 +58,8 @@ def selftest(config: Config, report: Report, *, reads: int = 5, spacing_s: float
     if spacing_s < 0:
         raise ValueError(f"spacing_s must be >= 0 (got {spacing_s})")
     check_faults(config)
-    config = _continuous(config)
-    sim = Simulation(config.simulation.seed, config.simulation.faults)
+    config = _as_tested(config)
+    sim = SimulatedNode(seed=config.simulation.seed, faults=config.simulation.faults)
     drivers: dict[str, Driver] = {}
     results: dict[str, Check] = {}
     try:
@@ -90,19 +91,14 @@ def selftest(config: Config, report: Report, *, reads: int = 5, spacing_s: float
             with contextlib.suppress(Exception):
                 driver.close()
         sim.close()
-        if sim.pin_factory is not None:
-            with contextlib.suppress(Exception):
-                sim.pin_factory.close()
     for name in config.sensors:
         report.add(results[name])
 
 
-def _continuous(config: Config) -> Config:
-    """The config with every SDS011 running continuously (no `duty`) for the test."""
+def _as_tested(config: Config) -> Config:
+    """The config with each sensor's options as its component has it self-tested."""
     sensors = {
-        name: dataclasses.replace(cfg, options={**cfg.options, "duty": None})
-        if cfg.driver == "sds011" and cfg.options.get("duty") is not None
-        else cfg
+        name: dataclasses.replace(cfg, options=dict(DRIVERS[cfg.driver].selftest_options(cfg.options)))
         for name, cfg in config.sensors.items()
     }
     return dataclasses.replace(config, sensors=sensors)
@@ -117,7 +113,7 @@ def _run(
     name: str,
     driver: Driver,
     driver_name: str,
-    sim: Simulation,
+    sim: SimulatedNode,
     reads: int,
     spacing_s: float,
 ) -> None:
@@ -132,13 +128,12 @@ def _run(
 
 
 def _test(
-    name: str, driver: Driver, driver_name: str, sim: Simulation, reads: int, spacing_s: float
+    name: str, driver: Driver, driver_name: str, sim: SimulatedNode, reads: int, spacing_s: float
 ) -> tuple[bool, str, dict | None]:
     try:
         driver.open()
     except Exception as err:
         return False, f"fault: {describe_error(err)}", {"failed_at": "open"}
-    host = sim.devices.get(name) if driver_name == "pi_health" else None
     values: list[dict[str, float]] = []
     flags: Counter[str] = Counter()
     faults: Counter[str] = Counter()
@@ -151,8 +146,7 @@ def _test(
             time.sleep(delay)
         if time.monotonic() > give_up:
             break
-        if host is not None:
-            host.update()  # a simulated host tree moves as Simulation.run() would move it
+        sim.step(name)  # its simulated device moves as SimulatedNode.run() would move it
         attempted += 1
         try:
             reading = driver.read()
@@ -172,7 +166,7 @@ def _test(
         problems.append(f"gave up after {attempted} of {reads} reads")
     last = values[-1] if values else {}
     if (
-        driver_name in NOISY_DRIVERS
+        DRIVERS[driver_name].noisy
         and len(values) == reads
         and reads >= IDENTICAL_MIN_READS
         and all(v == values[0] for v in values)

@@ -2,8 +2,8 @@
 
 Three sources, each read-only, so it works whether the daemon is up or not:
 - the service: `systemctl is-active edge-node` ("unknown" where systemd is not running);
-- the daemon's `status.json` (edge_node.daemon): in /run/edge-node under systemd, else beside the
-  buffer; its age and whether its process still runs tell whether it is current;
+- the daemon's `status.json` (edge_node.status_file): in /run/edge-node under systemd, else
+  beside the buffer; its age and whether its process still runs tell whether it is current;
 - the buffer itself (SQLite, opened read-only): backlog, oldest unsent age, dropped, and the
   newest unsent reading of each sensor.
 
@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from edge_node import status_file
 from edge_node.config import Config
-from edge_node.daemon import STATUS_FILE
 
 from .install import service_state
 
-RUNTIME_DIR = Path("/run/edge-node")  # systemd's RuntimeDirectory=edge-node
-RUNTIME_INTERVAL_S = 5.0  # how often the daemon rewrites status.json there (edge_node.daemon)
 STALE_AFTER = 3  # status.json is stale after this many missed writes (plus a margin)
 STALE_MARGIN_S = 10.0
 
@@ -59,14 +57,10 @@ def _process_running(pid: Any) -> bool:
 
 def read_status_file(config: Config, now: float) -> dict[str, Any]:
     """The newest of the daemon's status files, with its age and whether it is current."""
-    candidates = [
-        (RUNTIME_DIR / STATUS_FILE, RUNTIME_INTERVAL_S),
-        (config.buffer.path.parent / STATUS_FILE, config.health.heartbeat_s),
-    ]
     found = []
-    for path, interval in candidates:
+    for where in status_file.read_from(config.buffer.path.parent, config.health.heartbeat_s):
         try:
-            found.append((path.stat().st_mtime, path, interval))
+            found.append((where.path.stat().st_mtime, where.path, where.interval_s))
         except OSError:
             continue
     if not found:

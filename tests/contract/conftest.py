@@ -10,6 +10,12 @@ import os
 
 import pytest
 
+from sensors import components
+from sensors.buses import open_bus
+from sensors.component import Place
+from sensors.schema import validate_table
+from sensors.simulation import SimulatedNode
+
 HW = os.environ.get("EDGE_NODE_HW") == "1"
 
 
@@ -20,88 +26,65 @@ def bus_kind(request):
     return request.param
 
 
-@pytest.fixture
-def bme280(bus_kind):
-    from sensors.bme280.driver import BME280Driver
-
-    address = int(os.environ.get("EDGE_NODE_BME280_ADDRESS", "0x76"), 0)
+def _build(driver: str, bus_kind: str, tmp_path, node: SimulatedNode, **options):
+    """The driver as the daemon builds it from a config table: its component opens the bus,
+    real or (bus_kind "sim") the simulated node's, and builds the driver on it."""
+    component = components()[driver]
     if bus_kind == "sim":
-        from sensors.bme280.simulator import SimBME280
-        from simulators.environment import Environment
-        from simulators.i2c import SimI2CBus
+        options[component.bus] = "sim"
+    options = validate_table(options, component.options)
+    bus = open_bus(component, driver, options, node)
+    return component.build(bus, options, Place(state_path=tmp_path / f"{driver}.json", buffer_dir=tmp_path))
 
-        env = Environment(seed=1)
 
-        def conditions():
-            c = env.now()
-            return c.temperature_c, c.humidity_rh, c.pressure_hpa
+@pytest.fixture
+def node():
+    node = SimulatedNode(seed=1)
+    yield node
+    node.close()
 
-        bus = SimI2CBus({address: SimBME280(conditions)})
-    else:
-        from drivers.buses.linux_i2c import LinuxI2C
 
-        bus = LinuxI2C(int(os.environ.get("EDGE_NODE_I2C_BUS", "1")))
-    driver = BME280Driver(bus, address)
+@pytest.fixture
+def bme280(bus_kind, tmp_path, node):
+    address = int(os.environ.get("EDGE_NODE_BME280_ADDRESS", "0x76"), 0)
+    bus = f"i2c:{os.environ.get('EDGE_NODE_I2C_BUS', '1')}"
+    driver = _build("bme280", bus_kind, tmp_path, node, bus=bus, address=address)
     yield driver
     driver.close()
 
 
 @pytest.fixture
-def pi_health(bus_kind, tmp_path):
-    from drivers.host import PiHealthDriver
-
-    if bus_kind == "sim":
-        from simulators.host import SimHost
-
-        host = SimHost(tmp_path / "host", seed=1)
-        host.update()
-        yield PiHealthDriver(host.root, disk_path=tmp_path)
-    else:
-        yield PiHealthDriver("/", disk_path="/var/lib")
+def pi_health(bus_kind, tmp_path, node):
+    driver = _build("pi_health", bus_kind, tmp_path, node)
+    node.step()
+    yield driver
 
 
 @pytest.fixture
-def sds011(bus_kind, tmp_path):
-    from sensors.sds011.driver import SDS011Driver
-
-    if bus_kind == "sim":
-        from sensors.sds011.simulator import SimSDS011
-        from simulators.environment import Environment
-
-        env = Environment(seed=1)
-        device = SimSDS011(lambda: (env.now().pm2_5, env.now().pm10), frame_interval_s=0.1).start()
-        driver = SDS011Driver(device.port, state_path=tmp_path / "sds011.json")
-        yield driver
-        driver.close()
-        device.stop()
-    else:
-        driver = SDS011Driver(
-            os.environ.get("EDGE_NODE_SDS011_PORT", "/dev/serial0"), state_path=tmp_path / "s.json"
-        )
-        yield driver
-        driver.close()
+def sds011(bus_kind, tmp_path, node):
+    driver = _build(
+        "sds011", bus_kind, tmp_path, node, port=os.environ.get("EDGE_NODE_SDS011_PORT", "/dev/serial0")
+    )
+    yield driver
+    driver.close()
 
 
 @pytest.fixture(params=["rain_gauge", "anemometer"])
 def pulse_sensor(request, bus_kind, tmp_path):
-    """A pulse sensor with pulses arriving: simulated, or (hw) turned/tipped by the technician."""
-    from drivers.pulse_counter import make_pin_factory
-    from sensors.anemometer.driver import AnemometerDriver
-    from sensors.rain_gauge.driver import RainGaugeDriver
-
-    cls, pin_env, default_pin = {
-        "rain_gauge": (RainGaugeDriver, "EDGE_NODE_RAIN_PIN", 6),
-        "anemometer": (AnemometerDriver, "EDGE_NODE_WIND_PIN", 5),
-    }[request.param]
-    pin = int(os.environ.get(pin_env, default_pin))
-    factory = make_pin_factory("sim" if bus_kind == "sim" else "lgpio")
-    source = None
+    """A pulse sensor with pulses arriving: on the simulated node's detect bench (a steady 5 Hz),
+    or (hw) tipped/turned by the technician."""
+    component = components()[request.param]
+    pin = int(os.environ.get(f"EDGE_NODE_{component.name.upper()}_PIN", component.pin))
+    node = SimulatedNode(seed=1, pins={component.name: pin}, rain_hz=5.0, wind_hz=5.0)
     if bus_kind == "sim":
-        from simulators.gpio import SimPulseSource
-
-        source = SimPulseSource(factory, pin, lambda: 5.0).start()
-    driver = cls(pin, pin_factory=factory, state_path=tmp_path / "state.json")
+        node.start()
+        factory = node.pin_factory()
+    else:
+        factory = open_bus(component, component.name, {"pin_factory": "lgpio"}, node)
+    options = validate_table(
+        {"pin": pin, "pin_factory": "sim" if bus_kind == "sim" else "lgpio"}, component.options
+    )
+    driver = component.build(factory, options, Place(state_path=tmp_path / "state.json", buffer_dir=tmp_path))
     yield driver
     driver.close()
-    if source is not None:
-        source.stop()
+    node.close()
