@@ -3,7 +3,7 @@
 A city map needs hours of readings to show an hourly index and a day of plots; a simulated node
 that starts now has none. So each node's buffer is filled with what its sensors would have read
 over the last hours, from the same seeded environment model its simulated sensors read live
-(`simulators.environment`), with the node's own PM correction and flags (`edge_node.quality`).
+(`SimulatedNode.environment()`), with the node's own PM correction and flags (`edge_node.quality`).
 The daemon then sends that backlog as backfill, behind its live readings, exactly as a node back
 from a dead zone does: the city's ingest stores it like any other.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from edge_node.clock import boot_id, boottime
 from edge_node.quality import HIGH_HUMIDITY_RH, PM_CORRECTION_MODEL, growth_factor
 from edge_node.store import NewReading, Store
-from simulators.environment import Environment
+from sensors.simulation import SimulatedNode
 
 UNITS = {
     "bme280": {"temperature": "Cel", "humidity": "%RH", "pressure": "hPa"},
@@ -32,7 +32,7 @@ def node_history(
     seed: int, sensors: Iterable[str], interval_s: float, start: float, end: float, *, fog: bool = False
 ) -> list[NewReading]:
     """Readings of the given sensors (those with a history here) every interval_s in [start, end)."""
-    env = Environment(seed)
+    env = SimulatedNode(seed=seed).environment()  # the model its simulated sensors read live
     wanted = [s for s in sensors if s in UNITS]
     boot, mono_now, wall_now = boot_id(), boottime(), time.time()
     out = []
