@@ -104,6 +104,7 @@ class BrokerConfig:
     ca_file: Path | None
     topic_prefix: str
     keepalive_s: int
+    protocol: str = "5"  # MQTT "5" (PUBACKs say whether the broker accepted) or "3.1.1" (issue 10)
 
     def password(self) -> str | None:
         """The password from `password_file` without its trailing newline; None without a file.
@@ -319,6 +320,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "topic_prefix": Key(_topic_prefix, "city/terrassa/nodes"),
         "keepalive_s": Key(integer(min=5, max=3600), 30),
         "allow_insecure": Key(boolean(), False),  # a password over mqtt:// (issue 11)
+        "protocol": Key(choice("5", "3.1.1", aliases={"5.0": "5"}), "5"),
     },
     "buffer": {
         "path": Key(_PATH, "/var/lib/edge-node/buffer.db"),
@@ -491,6 +493,7 @@ def _build(values: dict[str, Any], source: str, base_dir: Path, data: bytes) -> 
             ca_file=resolve(broker["ca_file"]),
             topic_prefix=broker["topic_prefix"],
             keepalive_s=broker["keepalive_s"],
+            protocol=broker["protocol"],
         ),
         buffer=BufferConfig(
             path=base_dir / buffer["path"],  # always given: it has a default

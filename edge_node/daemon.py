@@ -412,6 +412,9 @@ class Daemon:
             "dropped": store.dropped,
             "buffer_fault": self.health.buffer_error,  # None while the card is fine
             "config": self.remote.status() if self.remote is not None else {"hash": self.config.config_hash},
+            "protocol": self.health.protocol,
+            "refused": self.health.refused,  # None while the broker accepts what the node sends
+            "quarantined": self.health.quarantined,
             "sensors": {
                 name: {**s.as_json(), "last_values": s.last_values} for name, s in self.health.sensors.items()
             },

@@ -47,6 +47,11 @@ class Health:
     site: str = ""
     location: dict | None = None
     config_rolled_back: dict | None = None  # the last remote change undone: {id, reason, at}
+    # The broker's side (issue 10), kept by the forwarder: the MQTT version in use; while the
+    # broker refuses readings, {reason_code, reason, since, count}; readings set aside for good.
+    protocol: str = "5"
+    refused: dict | None = None
+    quarantined: int = 0
 
     def sensor(self, name: str) -> SensorState:
         return self.sensors.setdefault(name, SensorState())
@@ -97,7 +102,12 @@ class Health:
             "dropped": dropped + self.lost_in_memory,
             "sensors": {name: s.as_json() for name, s in self.sensors.items()},
             "host": self.host_vitals(),
+            "protocol": self.protocol,
         }
+        if self.refused:
+            beat["refused"] = dict(self.refused)
+        if self.quarantined:
+            beat["quarantined"] = self.quarantined
         if error := self.buffer_error:  # edge-node extension: the buffer's own fault
             beat["buffer"] = {"state": "fault", "error": error}
         beat["config_hash"] = self.config_hash  # a remote change shows here (issue 13)

@@ -37,11 +37,12 @@ def batch_payload(node: str, sensor: str, units_json: str, backfill: bool, readi
 
 
 def group_batches(
-    rows: Sequence[StoredReading], clock: ClockView, batch_max: int
+    rows: Sequence[StoredReading], clock: ClockView, batch_max: int, max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> list[tuple[list[StoredReading], list[str]]]:
     """The rows as messages: per sensor, oldest first, at most `batch_max` readings and about
-    64 KiB each; the messages ordered by their first seq. A node's sensors interleave in the
-    buffer, so grouping by sensor (not by runs of one sensor) is what makes batches full."""
+    `max_bytes` each (64 KiB, or less where the broker says so); the messages ordered by their
+    first seq. A node's sensors interleave in the buffer, so grouping by sensor (not by runs of
+    one sensor) is what makes batches full."""
     per_sensor: dict[str, list[StoredReading]] = {}
     for row in rows:
         per_sensor.setdefault(row.sensor, []).append(row)
@@ -52,7 +53,7 @@ def group_batches(
         size = 256
         for row in sensor_rows:
             text = reading_json(row, clock)
-            if taken and (len(taken) >= batch_max or size + len(text) + 1 > MAX_PAYLOAD_BYTES):
+            if taken and (len(taken) >= batch_max or size + len(text) + 1 > max_bytes):
                 batches.append((taken, texts))
                 taken, texts, size = [], [], 256
             taken.append(row)

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
+-- readings the broker refused on their own, for good (issue 10): kept, but not sent again
+CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, reason_code INTEGER NOT NULL);
 """
 
 SEQ_BLOCK = 10_000  # seqs reserved outside the buffer at a time (one small fsynced write each)
@@ -555,6 +557,25 @@ class Store:
             self._sync_failed = True
             raise StoreError(f"{self.path}: cannot sync the buffer to the card: {err}") from err
         self.last_sync = time.monotonic()
+
+    # -- quarantine (issue 10) ----------------------------------------------------------------
+
+    def quarantine(self, seq: int, reason_code: int) -> None:
+        """The broker refused this one reading for good: keep it, and stop sending it."""
+        try:
+            with self._conn:
+                self._conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?)", (seq, reason_code))
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot quarantine seq {seq}: {err}") from err
+
+    def quarantined(self) -> set[int]:
+        """The quarantined seqs still in the buffer (the full buffer drops them as any other)."""
+        try:
+            with self._conn:
+                self._conn.execute("DELETE FROM quarantine WHERE seq NOT IN (SELECT seq FROM readings)")
+                return {seq for (seq,) in self._conn.execute("SELECT seq FROM quarantine")}
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot read the quarantine: {err}") from err
 
     # -- reading ----------------------------------------------------------------------------
 
