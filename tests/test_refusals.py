@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from edge_node import schemas
-from edge_node.broker import LocalBroker
+from operations.mosquitto import LocalBroker
 
 from .conftest import PREFIX, write_config
 from .mqtt_peer import DROP, ScriptedPeer
