@@ -98,6 +98,8 @@ SUBCOMMANDS = {
     "status": "provisioning.cli:register",
     "fleet": "operations.fleet:register",
     "simulate": "operations.simulate:register",
+    "keygen": "operations.remote:register",
+    "remote": "operations.remote:register",
     "ingest": "city.cli:register",
     "export": "city.cli:register",
     "serve": "city.cli:register",

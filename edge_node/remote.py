@@ -294,9 +294,10 @@ class NodeRemote:
         with contextlib.suppress(FileNotFoundError):
             self.pending_path.unlink()
         log.error("config_rolled_back: %s", reason)
-        self._reply(
-            pending, {"ok": False, "state": "rolled_back", "error": f"config_rolled_back: {reason}"[:400]}
-        )
+        reply = {"ok": False, "state": "rolled_back", "error": f"config_rolled_back: {reason}"[:400]}
+        if pending.get("previous_hash"):
+            reply["config_hash"] = pending["previous_hash"]  # what it runs again
+        self._reply(pending, reply)
 
     def _reply(self, pending: dict, reply: dict) -> None:
         name = pending.get("cmd") or "set"
@@ -422,6 +423,7 @@ class NodeRemote:
                 "id": envelope["id"],
                 "cmd": envelope["cmd"],
                 "previous": {k: v for k, v in current.items() if k != "rolled_back"},
+                "previous_hash": self.config.config_hash,
                 "confirm_s": self.config.remote.confirm_s,  # the old one: a change cannot lengthen its own
                 "starts": 0,
             },

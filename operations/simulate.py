@@ -36,6 +36,7 @@ from .mosquitto import free_port
 log = logging.getLogger("edge_node.simulate")
 
 DEFAULT_SENSORS = ("bme280", "host")
+NODE_CONFIG = "config.toml"  # each node's, beside its buffer
 
 
 def _simulated_tables() -> dict[str, str]:
@@ -114,6 +115,8 @@ class FleetOptions:
     history_h: float = 0.0  # hours of past readings put in each buffer before it starts
     place: bool = True  # each node on one of Terrassa's streets (city.terrassa), else no location
     street_offset: int = 0  # a second fleet beside a first of this many nodes takes the next spots
+    trusted_keys: tuple[str, ...] = ()  # operators' keys: the nodes take signed remote commands
+    confirm_s: float = 120.0
 
 
 def node_id(prefix: str, index: int) -> str:
@@ -248,6 +251,9 @@ def node_config_text(spec: NodeSpec, opts: FleetOptions, buffer: Path) -> str:
             lines.append(f"for_s = {float(fault['for_s'])}")
     for name in opts.sensors:
         lines += ["", f"[sensors.{name}]", SENSOR_BLOCKS[name], f"interval_s = {float(opts.interval_s)}"]
+    if opts.trusted_keys:
+        keys = ", ".join(_q(k) for k in opts.trusted_keys)
+        lines += ["", "[remote]", f"trusted_keys = [{keys}]", f"confirm_s = {float(opts.confirm_s)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +267,7 @@ def build_configs(opts: FleetOptions, workdir: Path) -> list[tuple[NodeSpec, Con
         base = workdir / spec.node_id
         base.mkdir(parents=True, exist_ok=True)
         text = node_config_text(spec, opts, base / "buffer.db")
+        (base / NODE_CONFIG).write_text(text)  # what a remote-managed node reads (edge_node.remote)
         out.append((spec, parse_config(text, source=f"{spec.node_id}.toml", base_dir=base)))
         if opts.history_h > 0 and not (base / "buffer.db").exists():
             end = time.time()
@@ -277,9 +284,17 @@ class Fleet:
 
     def __init__(self, configs: list[tuple[NodeSpec, Config]], *, stagger_s: float = 2.0):
         from edge_node.daemon import Daemon
+        from edge_node.remote import NodeRemote
+        from edge_node.sensors import check_faults
 
         self.specs = [s for s, _ in configs]
-        self.daemons = [Daemon(c) for _, c in configs]  # checks each node's faults now
+        # A node that trusts an operator's key runs as `edge-node run` does, under NodeRemote.
+        self.nodes = [
+            NodeRemote(c.buffer.path.parent / NODE_CONFIG) if c.remote.trusted_keys else Daemon(c)
+            for _, c in configs
+        ]
+        for _, c in configs:
+            check_faults(c)  # now, for the remote-managed ones too (Daemon() checks the others)
         self.stagger_s = stagger_s
         self.failed: dict[str, BaseException] = {}
         self.finished: set[str] = set()
@@ -300,10 +315,15 @@ class Fleet:
         finally:
             self.finished.add(spec.node_id)
 
+    @property
+    def daemons(self) -> list:
+        """Each node's running Daemon (a remote-managed node's current one; None before it starts)."""
+        return [getattr(n, "daemon", n) for n in self.nodes]
+
     async def run(self, stop: asyncio.Event) -> None:
-        n = len(self.daemons)
+        n = len(self.nodes)
         async with asyncio.TaskGroup() as tg:
-            for i, (spec, daemon) in enumerate(zip(self.specs, self.daemons, strict=True)):
+            for i, (spec, daemon) in enumerate(zip(self.specs, self.nodes, strict=True)):
                 delay = self.stagger_s * i / n if n > 1 else 0.0
                 tg.create_task(self._node(spec, daemon, stop, delay), name=f"node:{spec.node_id}")
 
@@ -410,6 +430,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         history_h=args.history,
         place=not args.no_location,
         street_offset=args.street_offset,
+        trusted_keys=tuple(args.trusted_key or ()),
+        confirm_s=args.confirm,
     )
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -516,6 +538,13 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--password-file", type=Path, help="broker password file (all nodes)")
     p.add_argument("--ca", type=Path, help="CA file for mqtts://")
     p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="ed25519:BASE64",
+        help="an operator's public key (edge-node keygen): the nodes run its signed remote commands",
+    )
+    p.add_argument("--confirm", type=float, default=120.0, metavar="S", help="the nodes' remote.confirm_s")
     p.add_argument("-v", "--verbose", action="store_true", help="the daemons' INFO log too")
     p.set_defaults(func=run_simulate)
     return p

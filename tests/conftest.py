@@ -21,7 +21,7 @@ from edge_node import schemas
 from operations.mosquitto import LocalBroker
 
 PREFIX = "city/terrassa/nodes"
-SCHEMAS = {name: schemas.load(name) for name in ("reading", "status", "heartbeat")}
+SCHEMAS = {name: schemas.load(name) for name in ("reading", "status", "heartbeat", "reply")}
 
 if not shutil.which("mosquitto") and not os.access("/usr/sbin/mosquitto", os.X_OK):
     pytest.exit("mosquitto is not installed: `make test` installs it (apt-get install mosquitto)", 2)

@@ -1,0 +1,146 @@
+"""The operator's `edge-node keygen` and `edge-node remote` against a real Mosquitto and simulated
+nodes (issue 13 points 1, 3, 4, 6): a staged rollout over 20 nodes that stops at the node made to
+fail, remote actions answered per node, and an offline node that receives its change when it
+returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+
+from edge_node import schemas
+
+from .conftest import PREFIX, gaps, start_daemon, write_config
+
+FLEET = 20
+FAILING = "sim-005"  # its BME280 never answers: a change there cannot prove healthy
+
+
+def edge_node(*argv, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "edge_node.cli", *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def operator_key(tmp_path):
+    key = tmp_path / "ops.key"
+    made = edge_node("keygen", "--out", str(key))
+    assert made.returncode == 0, made.stderr
+    return key, made.stdout.strip()
+
+
+def test_keygen_writes_a_private_key_0600_prints_the_public_key_and_never_overwrites(operator_key):
+    key, public = operator_key
+    assert public.startswith("ed25519:") and len(public) == len("ed25519:") + 44
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    before = key.read_bytes()
+    again = edge_node("keygen", "--out", str(key))
+    assert again.returncode == 2 and "exists; not overwritten" in again.stderr
+    assert key.read_bytes() == before
+
+
+def remote(broker, key, *argv, nodes="sim-*"):
+    return edge_node(
+        "remote", "--broker", broker.url, "--key", str(key), "--nodes", nodes, "--listen", "1", *argv
+    )
+
+
+def test_a_staged_rollout_over_20_nodes_stops_at_the_first_failure(
+    tmp_path, broker, recorder_factory, operator_key
+):
+    key, public = operator_key
+    rec = recorder_factory(broker.port, topic=f"{PREFIX}/+/status")
+    fleet = subprocess.Popen(
+        [
+            sys.executable, "-m", "edge_node.cli", "simulate", "--nodes", str(FLEET), "--broker", broker.url,
+            "--interval", "2", "--heartbeat", "2", "--stagger", "1", "--report-every", "0",
+            "--workdir", str(tmp_path / "fleet"), "--trusted-key", public, "--confirm", "4",
+            "--fault", f"{FAILING}:bme280=nack",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        online = lambda: {t.split("/")[-2] for t, p, _ in rec.messages if b'"online"' in p}  # noqa: E731
+        rec.wait_for(lambda: len(online()) == FLEET, timeout=60, what="20 nodes online")
+
+        shown = remote(broker, key, "--json", "show")
+        assert shown.returncode == 0, shown.stderr
+        report = json.loads(shown.stdout)
+        assert len(report["nodes"]) == FLEET and report["ok"]
+        assert all(n["reply"]["config"]["remote_layer"] == {} for n in report["nodes"])
+
+        # 1 node, then 25 % (5 nodes: sim-002..sim-005), then all: sim-005 fails in stage 2.
+        done = remote(
+            broker, key, "--stages", "1,25%,100%", "--soak", "1", "--json", "set", "sensors.host.interval_s=4"
+        )
+        assert done.returncode == 1, done.stderr
+        report = json.loads(done.stdout)
+        by_node = {n["node"]: n for n in report["nodes"]}
+        assert report["stopped_at"] == FAILING
+        assert report["changed"] == ["sim-001", "sim-002", "sim-003", "sim-004"]
+        assert report["failed"] == [FAILING]
+        assert by_node[FAILING]["detail"].startswith(
+            "config_rolled_back: not healthy within 4 s: sensor bme280"
+        )
+        assert report["untouched"] == [f"sim-{i:03d}" for i in range(6, FLEET + 1)]
+        assert by_node["sim-001"]["stage"] == 1 and by_node["sim-002"]["stage"] == 2
+        assert "stage 2/3" in done.stderr and "stage 3/3" not in done.stderr  # the progress shown
+        hashes = {n: by_node[n]["config_hash"] for n in report["changed"]}
+        for node, new_hash in hashes.items():  # the changed nodes run the new config...
+            rec.wait_for(
+                lambda n=node, h=new_hash: (
+                    [json.loads(p) for t, p, _ in rec.messages if t == f"{PREFIX}/{n}/status"][-1].get(
+                        "config_hash"
+                    )
+                    == h
+                ),
+                what=f"{node} online on its new config",
+            )
+        layer = tmp_path / "fleet" / "sim-006" / "remote-layer.json"
+        assert not layer.exists()  # ...and the untouched ones were never sent anything
+
+        table = remote(broker, key, "selftest", nodes="sim-00[45]")
+        assert table.returncode == 1, table.stderr  # sim-005's sensor fails its self-test
+        assert "sim-004" in table.stdout and "sim-005" in table.stdout
+        assert "sensor.bme280" in table.stdout and "failed" in table.stdout
+    finally:
+        fleet.send_signal(signal.SIGTERM)
+        fleet.wait(30)
+
+
+def test_an_offline_node_receives_the_change_when_it_returns(
+    tmp_path, persistent_broker, recorder_factory, daemons, operator_key
+):
+    broker = persistent_broker
+    key, public = operator_key
+    rec = recorder_factory(broker.port)
+    config = write_config(tmp_path, broker.url, node_id="sim-late")
+    with open(config, "a") as file:
+        file.write(f'\n[remote]\ntrusted_keys = ["{public}"]\nconfirm_s = 5\n')
+    proc = start_daemon(config)
+    rec.wait_seq(2)
+    proc.send_signal(signal.SIGTERM)  # gone: its retained status says offline
+    assert proc.wait(15) == 0
+
+    sent = remote(broker, key, "--json", "set", "sensors.bme280.interval_s=2", nodes="sim-late")
+    assert sent.returncode == 1, sent.stderr  # not confirmed (yet)
+    report = json.loads(sent.stdout)
+    assert report["pending"] == ["sim-late"] and report["changed"] == []
+    command_id = report["nodes"][0]["id"]
+
+    daemons.append(start_daemon(config))
+    replies = lambda: [r for r in rec.payloads("/cmd/set/reply") if r.get("id") == command_id]  # noqa: E731
+    rec.wait_for(lambda: any(r["state"] == "confirmed" for r in replies()), timeout=30, what="confirmed")
+    assert [r["state"] for r in replies()] == ["applying", "confirmed"]  # once, not at every reconnect
+    rec.wait_for(lambda: gaps(rec.seqs()) == [] and max(rec.seqs()) > 6, what="readings")
+    for reply in replies():
+        jsonschema.validate(reply, schemas.load("reply"))
