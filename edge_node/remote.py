@@ -72,7 +72,7 @@ def write_json_durably(path: Path, data: dict) -> None:
 def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a buffer path that cannot exist
         return None
     except (OSError, ValueError) as err:
         log.error("%s unreadable (%s): ignored", path, err)
