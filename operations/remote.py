@@ -388,6 +388,7 @@ def register(sub) -> None:
         "--password-file", metavar="F", help="file holding the password (trailing newline ignored)"
     )
     p.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
+    p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
     p.add_argument("--topic-prefix", metavar="P", default=DEFAULT_PREFIX, help=f"default {DEFAULT_PREFIX}")
     p.add_argument(
         "--key", required=True, metavar="FILE", help="the operator's private key (edge-node keygen)"
@@ -468,7 +469,9 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
             return 2
     watch = FleetWatch(args.topic_prefix)
     try:
-        client = connect(watch, args.broker, username=args.username, password=password, ca=args.ca)
+        client = connect(
+            watch, args.broker, username=args.username, password=password, ca=args.ca, insecure=args.insecure
+        )
     except ValueError as problem:
         print(f"edge-node remote: {problem}", file=err)
         return 2
