@@ -32,6 +32,7 @@ from sensors.schema import (
     Key,
     boolean,
     check_at,
+    choice,
     integer,
     number,
     show,
