@@ -1,7 +1,7 @@
 """`edge-node check-broker`: prove, with the node's own credentials, that the broker works for it
 and that it cannot speak for another node (DESIGN §4, §6).
 
-`check_broker(config, report)` adds three checks to the report, always all three:
+`check_broker(config, report)` adds four checks to the report, always all four:
 
 - ``broker.connect``: connect as the daemon does (same TLS verification against ``ca_file``, same
   username/password from ``password_file`` or client certificate and key, MQTT 3.1.1), with the
@@ -11,8 +11,13 @@ and that it cannot speak for another node (DESIGN §4, §6).
 - ``broker.acl``: publish (QoS 1) under another node's topic,
   ``{topic_prefix}/acl-probe-<nonce>/check/<nonce>``, while a listener of this node is subscribed
   there, and show that nothing arrives within ``ACL_LISTEN_S``.
+- ``broker.client_id``: whether the broker binds the client id to the username (see
+  `_client_id_bound`); a broker that does not gets a warning in the detail, not a FAIL.
+  On a broker that binds them (the recommended one), every connection of the node's user has
+  the node's id, so the check takes a running daemon's session over: run it with the service
+  stopped (provision stops it on a node).
 
-If the connection fails, the other two are reported as FAIL "skipped: no connection".
+If the connection fails, the other three are reported as FAIL "skipped: no connection".
 
 How broker.acl decides. MQTT 3.1.1 acknowledges a refused publish exactly like an accepted one, so
 a PUBACK proves nothing; only a listener can show that a message did not arrive, and silence
@@ -21,7 +26,8 @@ read access either: Mosquitto's ``acl_file`` grants every subscription and filte
 (seen with 2.0.11), and nobody but the other node may write where the probe publishes, so read
 access to another node's topic cannot be shown positively from here. The probe therefore
 publishes from a second connection of the node (client id ``{node_id}-check-probe``) that speaks
-MQTT 5, whose PUBACK carries the broker's verdict ("Not authorized"), and the check:
+MQTT 5, whose PUBACK carries the broker's verdict ("Not authorized"); that connection is the
+listener too (on a binding broker it has taken the first one over), and the check:
 
 - FAILs if the probe message reached the listener (a leak seen), or if the broker accepted it
   (MQTT 5 PUBACK "Success": a leak by the broker's own word, even where the listener may not read);
@@ -71,7 +77,8 @@ from .report import Report
 __all__ = ["ACL_LISTEN_S", "CHECKS", "acl_verdict", "check_broker"]
 
 ACL_LISTEN_S = 1.5  # how long the listener must hear nothing on the probe topic
-CHECKS = ("broker.connect", "broker.roundtrip", "broker.acl")
+CHECKS = ("broker.connect", "broker.roundtrip", "broker.acl", "broker.client_id")
+TAKEOVER_WAIT_S = 1.0  # how long the first of two sessions may take to be closed by the second
 
 # CONNACK refusals as paho reports them (MQTT 3.1.1 return codes mapped to MQTT 5 reason codes).
 _CONNACK_REFUSED = {
@@ -125,8 +132,43 @@ def check_broker(
             _roundtrip(main, node, own_topic, nonce, outcome)
         with report.step("broker.acl") as outcome:
             _acl(config, main, own_topic, probe_topic, nonce, outcome, timeout_s, acl_listen_s)
+        main.close()
+        with report.step("broker.client_id") as outcome:
+            _client_id_bound(config, outcome, timeout_s)
     finally:
         main.close()
+
+
+def _client_id_bound(config: Config, outcome: dict, timeout_s: float) -> None:
+    """Whether the broker binds the client id to the user (Mosquitto's `use_username_as_clientid`),
+    so that nobody else can take the node's id and kick it off. Two sessions of the node, asking
+    for two different client ids: if the broker gives both the node's one identity, the second
+    takes the first over; if both stay up, any user can take the node's id. Not binding is a
+    warning (the check passes: the node works), since it is the broker's configuration."""
+    node = config.node.id
+    first = _Session(config.broker, f"{node}-check-first", timeout_s)
+    second = _Session(config.broker, f"{node}-check-second", timeout_s)
+    try:
+        first.connect()
+        second.connect()
+        taken_over = first._wait(lambda s: s.lost is not None, TAKEOVER_WAIT_S)
+        if not taken_over and second.state.lost is not None:
+            raise CheckFailed(f"the second session was closed by the broker: {second.state.lost}")
+    except CheckFailed as err:
+        outcome["detail"] = f"could not probe the client id binding: {err}"
+        return
+    finally:
+        second.close()
+        first.close()
+    outcome["passed"] = True
+    outcome["measured"] = {"bound": taken_over}
+    if taken_over:
+        outcome["detail"] = f"the broker binds client ids to users: no other user can take {node}'s id"
+    else:
+        outcome["detail"] = (
+            f"warning: the broker does not bind client ids to users, so any user connecting with the "
+            f"client id {node} kicks this node off; set `use_username_as_clientid true` (Mosquitto)"
+        )
 
 
 def _roundtrip(main: _Session, node: str, topic: str, nonce: str, outcome: dict) -> None:
@@ -168,7 +210,6 @@ def _acl(
     node = config.node.id
     probe: _Session | None = None
     try:
-        granted = main.subscribe(probe_topic) < 0x80
         probe = _Session(config.broker, f"{node}-check-probe", timeout_s, protocol=mqtt.MQTTv5)
         try:
             probe.connect()
@@ -176,6 +217,11 @@ def _acl(
             probe.close()
             probe = _Session(config.broker, f"{node}-check-probe", timeout_s)
             probe.connect()
+        # The probe listens too: where the broker binds the client id to the username, `main`
+        # (the same user) has just been taken over by it.
+        granted = probe.subscribe(probe_topic) < 0x80
+        if probe.subscribe(own_topic) >= 0x80:
+            raise CheckFailed(f"broker refused {node} a subscription to its own topic {own_topic}")
         payload = json.dumps({"node": node, "check": "acl-probe", "nonce": nonce}).encode()
         sent = time.monotonic()
         try:
@@ -188,9 +234,9 @@ def _acl(
             # some brokers close the connection of a client that publishes where it may not
             answer, puback = "refused", "connection closed by the broker"
         control = json.dumps({"node": node, "check": "acl-control", "nonce": nonce}).encode()
-        main.publish(own_topic, control)
-        heard_own = main.wait_message(lambda m: m.topic == own_topic and m.payload == control) is not None
-        main.wait_message(lambda m: m.topic == probe_topic, until=sent + listen_s)
+        probe.publish(own_topic, control)
+        heard_own = probe.wait_message(lambda m: m.topic == own_topic and m.payload == control) is not None
+        probe.wait_message(lambda m: m.topic == probe_topic, until=sent + listen_s)
     except CheckFailed as err:
         outcome["detail"] = f"ACL could not be proven: {err}"
         return
@@ -198,7 +244,7 @@ def _acl(
         if probe is not None:
             probe.close()
     listened_ms = (time.monotonic() - sent) * 1000
-    received = sum(1 for m in main.messages() if m.topic == probe_topic)
+    received = sum(1 for m in probe.messages() if m.topic == probe_topic)
     outcome["measured"] = {
         "listened_ms": round(listened_ms),
         "received": received,

@@ -154,12 +154,14 @@ class SecureBroker:
         nodes: tuple[str, ...] = NODES,
         acl: str = CITY_ACL,
         prefix: str = PREFIX,
+        bind_client_id: bool = False,
     ):
         self.dir = Path(directory)
         self.pki = self.dir / "pki"
         self.pki.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.nodes = nodes
+        self.bind_client_id = bind_client_id  # use_username_as_clientid: README's recommended broker
         self.users = {name: secrets.token_urlsafe(12) for name in (*nodes, AUDITOR)}
         self.ca = make_ca(self.pki, "city-ca")
         self.rogue_ca = make_ca(self.pki, "rogue-ca")
@@ -206,6 +208,8 @@ class SecureBroker:
 
     def _conf(self) -> str:
         tls = f"cafile {self.ca}\ncertfile {self.server_cert}\nkeyfile {self.server_key}\n"
+        if self.bind_client_id:  # a listener option: each listener of the nodes has it
+            tls += "use_username_as_clientid true\n"
         return (
             "allow_anonymous false\n"
             f"password_file {self.pki / 'passwd'}\n"
