@@ -144,7 +144,6 @@ class Store:
         self._unsynced_since: float | None = None  # monotonic time of the oldest commit not yet synced
         self._sync_failed = False
         self.moved_aside: Path | None = None
-        self.last_sync = time.monotonic()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -556,7 +555,6 @@ class Store:
             # succeeds proves nothing about them; the stop can no longer be called clean
             self._sync_failed = True
             raise StoreError(f"{self.path}: cannot sync the buffer to the card: {err}") from err
-        self.last_sync = time.monotonic()
 
     # -- quarantine (issue 10) ----------------------------------------------------------------
 

@@ -257,3 +257,58 @@ def city_dsn(request, tmp_path):
         return f"sqlite:///{tmp_path / 'city.db'}"
     server = request.getfixturevalue("postgres_server")
     return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+# -- a failing SD card (tests/faults/eio_preload.c, LD_PRELOAD) ------------------------------------
+
+SHIM_SOURCE = Path(__file__).parent / "faults" / "eio_preload.c"
+
+
+class Card:
+    """The buffer's directory on a card that fails on demand."""
+
+    def __init__(self, shim: Path, tmp_path: Path, calls: str):
+        self.state = tmp_path / "state"
+        self.state.mkdir(exist_ok=True)
+        self.switch = tmp_path / "card-fails"
+        self.env = {
+            "LD_PRELOAD": str(shim),
+            "EIO_PREFIX": os.path.realpath(self.state) + "/",
+            "EIO_SWITCH": str(self.switch),
+            "EIO_CALLS": calls,
+        }
+
+    def fail(self) -> None:
+        self.switch.touch()
+
+    def heal(self) -> None:
+        self.switch.unlink()
+
+    def run(self, script: str, *args: str) -> subprocess.CompletedProcess:
+        """A Python script in a process on this card (the shim preloaded); its output as text."""
+        return subprocess.run(
+            [sys.executable, "-c", script, *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="session")
+def eio_shim(tmp_path_factory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler (cc) to build the EIO fault shim")
+    out = tmp_path_factory.mktemp("eio") / "eio.so"
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(out), str(SHIM_SOURCE), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture
+def card(eio_shim, tmp_path):
+    return lambda calls="write,sync": Card(eio_shim, tmp_path, calls)

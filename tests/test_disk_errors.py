@@ -8,73 +8,17 @@ The failure is injected by tests/faults/eio_preload.c (LD_PRELOAD), switched on 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
-
-import pytest
 
 from edge_node.store import NewReading, Store
 
-from .conftest import gaps, start_daemon, write_config
+from .conftest import Card, gaps, start_daemon, write_config
 
-SHIM_SOURCE = Path(__file__).parent / "faults" / "eio_preload.c"
 FAULT_S = 10
-
-
-class Card:
-    """The buffer's directory on a card that fails on demand."""
-
-    def __init__(self, shim: Path, tmp_path: Path, calls: str):
-        self.state = tmp_path / "state"
-        self.state.mkdir(exist_ok=True)
-        self.switch = tmp_path / "card-fails"
-        self.env = {
-            "LD_PRELOAD": str(shim),
-            "EIO_PREFIX": os.path.realpath(self.state) + "/",
-            "EIO_SWITCH": str(self.switch),
-            "EIO_CALLS": calls,
-        }
-
-    def fail(self) -> None:
-        self.switch.touch()
-
-    def heal(self) -> None:
-        self.switch.unlink()
-
-    def run(self, script: str, *args: str) -> subprocess.CompletedProcess:
-        """A Python script in a process on this card (the shim preloaded); its output as text."""
-        return subprocess.run(
-            [sys.executable, "-c", script, *args],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-
-@pytest.fixture(scope="session")
-def eio_shim(tmp_path_factory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("needs a C compiler (cc) to build the EIO fault shim")
-    out = tmp_path_factory.mktemp("eio") / "eio.so"
-    subprocess.run(
-        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(out), str(SHIM_SOURCE), "-ldl"],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture
-def card(eio_shim, tmp_path):
-    return lambda calls="write,sync": Card(eio_shim, tmp_path, calls)
 
 
 def test_the_shim_makes_sqlite_see_a_disk_io_error(card):

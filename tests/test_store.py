@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -125,13 +124,35 @@ def test_a_commit_survives_sigkill_of_the_writer(tmp_path):
         assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
 
 
-def test_sync_fsyncs_the_wal(open_store):
-    store = open_store()
-    store.append([reading()])
-    before = store.last_sync
+SYNC_SCRIPT = """
+import pathlib, sys, time
+from edge_node.store import NewReading, Store, StoreError
+
+state, switch = map(pathlib.Path, sys.argv[1:])
+store = Store(state / "buffer.db", max_rows=1000, max_bytes=10**8, sync_interval_s=1)
+store.open()
+store.append([NewReading("t", {"v": 1.0}, (), time.time(), 0.0, "boot", True)])
+switch.touch()  # from now on every fsync/fdatasync on the card fails with EIO
+try:
     store.sync()
-    assert store.last_sync > before
-    assert os.path.exists(f"{store.path}-wal")
+    sys.exit("sync() met no failing fdatasync: it did not sync the WAL")
+except StoreError:
+    pass
+switch.unlink()
+store.sync()  # the healthy card takes it
+switch.touch()
+store.sync()  # nothing stored since: no fdatasync, so the failing card goes unnoticed
+switch.unlink()
+store.close()
+"""
+
+
+def test_sync_fsyncs_the_wal(card):
+    """Proven on a card whose fdatasync fails (the EIO shim): sync() reaches the card after a
+    commit, and makes no call when nothing was stored since the last sync."""
+    on_card = card("sync")
+    result = on_card.run(SYNC_SCRIPT, str(on_card.state), str(on_card.switch))
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_corrupt_buffer_is_moved_aside_and_the_seq_goes_on(open_store, tmp_path):
