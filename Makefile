@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test test-long demo demo-fleet bench lint system-deps clean demo-city
+.PHONY: test test-long demo demo-fleet bench bench-peer lint system-deps clean demo-city
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -52,8 +52,17 @@ test-long: $(STAMP) system-deps
 demo: $(STAMP) system-deps
 	$(VENV)/bin/edge-node demo
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps bench-peer
 	$(PY) -m bench.run --out bench/results.json
+
+# The peer that `make bench` measures beside ours: ThingsBoard IoT Gateway, in its own venv.
+PEER_VENV = bench/.peer-venv
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q thingsboard-gateway==3.8.5
+	touch $@
+
+bench-peer: $(PEER_VENV)/.installed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -426,3 +427,59 @@ def sensor_read_ms(config_path: Path, reads: int = 300) -> float:
         return 1000 * (time.thread_time() - t) / reads
     finally:
         sim.close()
+
+
+# -- where a daemon's writes and fsyncs go ----------------------------------------------------------
+
+STRACE_LINE = re.compile(r"^\d+\s+(\w+)\((\d+)<([^>]*)>(.*)$")
+STRACE_SIZE = re.compile(r", (\d+)(?:, (\d+))?\) = (\d+)$")
+
+
+class CardTrace:
+    """strace attached to a running daemon: every write and fsync it makes to files under `under`,
+    per file, with the 4 KiB pages each write dirties (a page counts again after an fsync of its
+    file cleaned it: what a kernel with 4 KiB page-cache pages accounts in write_bytes and then
+    writes to the card). `None` figures when strace is not installed."""
+
+    def __init__(self, pid: int, under: Path, out: Path):
+        self.under, self.out = str(under), out
+        self.proc = None
+        if shutil.which("strace"):
+            self.proc = subprocess.Popen(
+                ["strace", "-f", "-qq", "-y", "-o", str(out), "-p", str(pid),
+                 "-e", "trace=write,pwrite64,pwritev,pwritev2,writev,fsync,fdatasync,sync_file_range,syncfs"],
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(0.5)  # attached to every thread before the window starts
+
+    def stop(self) -> dict | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        files: dict[str, dict] = {}
+        dirty: dict[str, set] = {}
+        for line in self.out.read_text(errors="replace").splitlines():
+            m = STRACE_LINE.match(line)
+            if not m or not m.group(3).startswith(self.under):
+                continue
+            call, path, rest = m.group(1), m.group(3), m.group(4)
+            name = re.sub(r"\.tmp$|\.[a-z0-9]{8}$", "", Path(path).name)
+            f = files.setdefault(name, {"writes": 0, "bytes": 0, "pages_4k": 0, "fsyncs": 0})
+            pages = dirty.setdefault(path, set())
+            if call in ("fsync", "fdatasync", "sync_file_range", "syncfs"):
+                f["fsyncs"] += 1
+                pages.clear()
+                continue
+            size = STRACE_SIZE.search(rest)
+            if not size:
+                continue
+            n = int(size.group(3))
+            offset = int(size.group(2)) if call == "pwrite64" and size.group(2) else 0
+            f["writes"] += 1
+            f["bytes"] += n
+            for page in range(offset // 4096, (offset + max(n, 1) - 1) // 4096 + 1):
+                if page not in pages:
+                    pages.add(page)
+                    f["pages_4k"] += 1
+        return files
