@@ -263,3 +263,59 @@ def test_a_damaged_seq_reservation_is_reported_and_the_buffer_opens(tmp_path, co
         assert "buffer.db.seq: unreadable" in caplog.text
     finally:
         store.close()
+
+
+# -- card writes (issue 17) -------------------------------------------------------------------------
+
+
+def test_a_live_node_appends_one_wal_frame_per_commit(open_store):
+    """Steady state of a connected node: each commit deletes the rows acknowledged since the last
+    and inserts the new one; both stay in the table's root page, so a commit appends one 536-byte
+    frame (a 512-byte page and its header) to the WAL, not four (a new leaf, root, freelist...)."""
+    store = open_store()
+    wal = store.path.with_name(store.path.name + "-wal")
+    big = NewReading(
+        "host",
+        {"cpu_temp_c": 51.2, "load1": 0.31, "mem_available_mb": 3012.0, "disk_free_mb": 20417.0},
+        (),
+        time.time(),
+        12.5,
+        "0f0e0d0c-0b0a-0908-0706-050403020100",
+        True,
+    )
+    for _ in range(5):  # past the first commits, which create the pages
+        store.ack(store.append([big]))
+    before = wal.stat().st_size
+    for _ in range(50):
+        store.ack(store.append([big]))
+    assert (wal.stat().st_size - before) / 50 == 512 + 24
+
+
+def test_sync_is_due_one_interval_after_the_oldest_unsynced_commit(open_store):
+    store = open_store(sync_interval_s=10)
+    assert store.sync_due_in() is None  # nothing stored: no sync, however long
+    store.append([reading()])
+    assert 9.5 < store.sync_due_in() <= 10
+    time.sleep(0.2)
+    store.append([reading()])  # the deadline is the oldest commit's, not the newest
+    assert store.sync_due_in() <= 9.8
+    store.sync()
+    assert store.sync_due_in() is None
+    store.ack([1, 2])
+    store.flush_acked()  # deleting delivered rows is not worth an fsync: a power cut only resends them
+    assert store.sync_due_in() is None
+
+
+def test_sync_skips_the_fdatasync_when_nothing_was_stored(open_store, monkeypatch):
+    import os
+
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    store = open_store()
+    store.sync()
+    assert calls == []
+    store.append([reading()])
+    store.sync()
+    store.sync()
+    assert len(calls) == 1
