@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS units (sensor TEXT PRIMARY KEY, units TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, reason_code INTEGER NOT NULL);
 """
 
+KEEP_QUARANTINED = 3  # corrupt buffers kept for forensics; older ones are deleted (a small card)
 SEQ_BLOCK = 10_000  # seqs reserved outside the buffer at a time (one small fsynced write each)
 CHECKPOINT_FRAMES = 8192  # WAL frames (512 B pages) between checkpoints: 4 MiB, = journal_size_limit
 
@@ -273,7 +274,22 @@ class Store:
             src = Path(f"{self.path}{suffix}")
             if src.exists():
                 src.rename(f"{aside}{suffix}")
+        self._prune_quarantined()
         return aside
+
+    def _prune_quarantined(self) -> None:
+        prefix = f"{self.path.name}.corrupt-"
+        stamps = sorted(
+            {
+                p.name[len(prefix) :].removesuffix("-wal").removesuffix("-shm")
+                for p in self.path.parent.iterdir()
+                if p.name.startswith(prefix)
+            }
+        )  # the stamps are %Y%m%dT%H%M%S: sorted is oldest first
+        for stamp in stamps[:-KEEP_QUARANTINED]:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path.parent / f"{prefix}{stamp}{suffix}").unlink()
 
     # The seq high-water mark also lives outside the buffer, reserved a block at a time, so
     # that a lost or corrupt buffer never makes the node reuse a seq (DESIGN §3, Corruption).

@@ -201,7 +201,11 @@ def _report(node: str, config_hash: str, args: argparse.Namespace) -> Report:
 
 def _finish(report: Report, args: argparse.Namespace, extra: dict | None = None) -> int:
     if args.report:
-        report.write(args.report)
+        try:
+            report.write(args.report)
+        except OSError as err:
+            print(f"edge-node {args.command}: --report: {err.strerror or err}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps({**report.as_json(), **(extra or {})}, indent=2))
     else:

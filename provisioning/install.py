@@ -11,12 +11,14 @@ Checks: `install.unit`, `install.user`, `install.service`.
 
 from __future__ import annotations
 
+import errno
 import grp
 import importlib.resources
 import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -44,12 +46,31 @@ def under_root(path: str | os.PathLike[str], root: Path | None) -> Path:
     """Where the node's file `path` is written when everything is staged under `root`.
 
     The one rule of `--root DIR`: an absolute path P is written to DIR/P, as if DIR were `/`;
-    without a root, or for a relative path, the path is used as it is.
+    without a root, or for a relative path, the path is used as it is. No symlink below DIR is
+    followed (OSError): DIR/etc linked to /etc would have a staging run write the real /etc.
     """
     p = Path(path)
     if root is None or not p.is_absolute():
         return p
-    return Path(root) / p.relative_to(p.anchor)
+    staged = Path(root) / p.relative_to(p.anchor)
+    below = Path(root)
+    for part in staged.relative_to(root).parts:
+        below = below / part
+        if below.is_symlink():
+            raise OSError(errno.ELOOP, f"{below} is a symlink: --root does not follow symlinks")
+    return staged
+
+
+def open_no_follow(path: Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """os.open that refuses a symlink as the last component (what a root tool must never follow:
+    whoever controls the directory could point it at /etc/shadow). O_NONBLOCK: a FIFO planted
+    there does not hang the tool."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symlink: not followed") from None
+        raise
 
 
 def put_file(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> str:
@@ -60,19 +81,25 @@ def put_file(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None =
     then renamed over the old one.
     """
     try:
-        current = path.read_bytes()
+        fd = open_no_follow(path)
     except FileNotFoundError:
-        current = None
-    if current == data:
-        st = path.stat()
-        fixed = False
-        if st.st_mode & 0o7777 != mode:
-            os.chmod(path, mode)
-            fixed = True
-        if owner is not None and (st.st_uid, st.st_gid) != owner:
-            os.chown(path, *owner)
-            fixed = True
-        return "mode fixed" if fixed else "unchanged"
+        fd = None
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        fd = None  # a symlink: replaced by the rename below, never followed
+    if fd is not None:
+        with os.fdopen(fd, "rb") as file:
+            st = os.fstat(file.fileno())
+            if stat.S_ISREG(st.st_mode) and file.read() == data:
+                fixed = False
+                if st.st_mode & 0o7777 != mode:
+                    os.fchmod(file.fileno(), mode)
+                    fixed = True
+                if owner is not None and (st.st_uid, st.st_gid) != owner:
+                    os.fchown(file.fileno(), *owner)
+                    fixed = True
+                return "mode fixed" if fixed else "unchanged"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
     try:
@@ -165,6 +192,16 @@ def _quote(word: str) -> str:
     return f'"{word}"' if re.search(r'[\s"\\]', word) else word
 
 
+def _unit_word(device: str) -> str:
+    """A device path fit for one unit line: config validation already refuses the rest; this is
+    the last wall before a value from the config becomes systemd directives."""
+    if not re.fullmatch(r"/dev/[A-Za-z0-9._:+/-]+", device):
+        raise ValueError(
+            f"device {device!r} cannot go into DeviceAllow= (only /dev/ paths of plain characters)"
+        )
+    return device
+
+
 def render_unit(config: Config, config_path: Path, *, command: str | None = None) -> str:
     """The shipped unit for this node: its command and config, its devices, its groups."""
     command = command or edge_node_command()
@@ -181,7 +218,7 @@ def render_unit(config: Config, config_path: Path, *, command: str | None = None
                 out.append(f"SupplementaryGroups={' '.join(groups)}")
         elif line.startswith("DevicePolicy="):
             out.append(line)
-            out.extend(f"DeviceAllow={device} rw" for device in configured_devices(config))
+            out.extend(f"DeviceAllow={_unit_word(device)} rw" for device in configured_devices(config))
         else:
             out.append(line)
     header = f"# Rendered by `edge-node install` for node {config.node.id} from {config_path}."
@@ -284,11 +321,17 @@ def grant_files(config: Config, config_path: Path) -> list[str]:
         if secret is not None:
             wanted.append((secret, uid, gid, 0o600))
     for path, owner, group, mode in wanted:
-        st = path.stat()
-        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (owner, group, mode):
-            os.chown(path, owner, group)
-            os.chmod(path, mode)
-            changed.append(str(path))
+        fd = open_no_follow(path)  # by descriptor from here: the name cannot be swapped meanwhile
+        try:
+            st = os.fstat(fd)
+            if not (stat.S_ISREG(st.st_mode) or (path == config_path.parent and stat.S_ISDIR(st.st_mode))):
+                raise OSError(errno.EINVAL, f"{path} is not a regular file: not given to {SERVICE_USER}")
+            if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (owner, group, mode):
+                os.fchown(fd, owner, group)
+                os.fchmod(fd, mode)
+                changed.append(str(path))
+        finally:
+            os.close(fd)
     return changed
 
 

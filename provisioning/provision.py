@@ -506,6 +506,10 @@ def provision(
     for check in report.checks:
         show("  " + format_check(check))
     if plan.report_path is not None:
-        report.write(plan.report_path)
+        try:
+            report.write(plan.report_path)
+        except OSError as err:
+            print(f"edge-node provision: --report: {err.strerror or err}", file=sys.stderr)
+            return 1
         show(f"report written to {plan.report_path}")
     return 0 if report.result == "PASS" else 1

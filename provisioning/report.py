@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,7 +80,19 @@ class Report:
         }
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.as_json(), indent=2) + "\n")
+        """The JSON report, never through a symlink: provision runs as root and `--report` often
+        names a shared directory such as /tmp, where anyone can plant a link to /etc/shadow."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OSError(
+                    errno.ELOOP, f"{path} is a symlink: the report is not written through it"
+                ) from None
+            raise
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(json.dumps(self.as_json(), indent=2) + "\n")
 
     def summary(self) -> str:
         failed = [c.name for c in self.checks if not c.passed]

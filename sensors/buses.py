@@ -34,6 +34,8 @@ def serial_port(value: Any) -> str:
     port = string()(value)
     if port != SIM and not port.startswith("/") and "://" not in port:
         raise Invalid(f'must be "sim", a device path or a pyserial URL (got {show(port)})')
+    if not port.isprintable() or any(ch.isspace() for ch in port):  # it goes into the unit's DeviceAllow=
+        raise Invalid(f"must not contain spaces or control characters (got {show(port)})")
     return port
 
 
