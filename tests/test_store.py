@@ -269,26 +269,28 @@ def test_a_damaged_seq_reservation_is_reported_and_the_buffer_opens(tmp_path, co
 
 
 def test_a_live_node_appends_one_wal_frame_per_commit(open_store):
-    """Steady state of a connected node: each commit deletes the rows acknowledged since the last
-    and inserts the new one; both stay in the table's root page, so a commit appends one 536-byte
-    frame (a 512-byte page and its header) to the WAL, not four (a new leaf, root, freelist...)."""
+    """Steady state of a connected node at the nominal rate (a bme280 reading every 5 s, a host
+    reading with every other one): each commit deletes the rows acknowledged since the last, then
+    inserts; the few live rows stay in the table's root page, so a commit appends one 536-byte
+    frame (a 512-byte page and its header) to the WAL. Inserting first overflowed the page: a new
+    leaf, the root, the freelist, four frames a commit."""
     store = open_store()
     wal = store.path.with_name(store.path.name + "-wal")
-    big = NewReading(
-        "host",
-        {"cpu_temp_c": 51.2, "load1": 0.31, "mem_available_mb": 3012.0, "disk_free_mb": 20417.0},
-        (),
-        time.time(),
-        12.5,
-        "0f0e0d0c-0b0a-0908-0706-050403020100",
-        True,
+    boot = "0f0e0d0c-0b0a-0908-0706-050403020100"
+    bme = NewReading(
+        "bme280", {"temperature": 21.37, "humidity": 55.2, "pressure": 1013.25}, (), 0, 0, boot, True
     )
-    for _ in range(5):  # past the first commits, which create the pages
-        store.ack(store.append([big]))
+    host = NewReading(
+        "host", {"cpu_temp_c": 51.2, "load1": 0.31, "mem_available_mb": 3012.0, "disk_free_mb": 20417.0},
+        (), 0, 0, boot, True,
+    )  # fmt: skip
+    commits = [[bme], [bme, host]] * 30
+    for batch in commits[:6]:  # past the first commits, which create the pages
+        store.ack(store.append(batch))
     before = wal.stat().st_size
-    for _ in range(50):
-        store.ack(store.append([big]))
-    assert (wal.stat().st_size - before) / 50 == 512 + 24
+    for batch in commits[6:]:
+        store.ack(store.append(batch))
+    assert (wal.stat().st_size - before) / len(commits[6:]) == 512 + 24
 
 
 def test_sync_is_due_one_interval_after_the_oldest_unsynced_commit(open_store):
