@@ -159,7 +159,7 @@ def bool_param(request: web.Request, name: str) -> bool:
 
 def node_param(request: web.Request, *, where: str = "query") -> str | None:
     value = request.match_info.get("node") if where == "path" else request.query.get("node")
-    if value is not None and not NODE_ID.match(value):
+    if value is not None and not NODE_ID.fullmatch(value):
         raise bad_request(f"node: not a node id (got {value!r})")
     return value
 

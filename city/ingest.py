@@ -121,7 +121,7 @@ class Storage:
     def _classify(self, message: Message, quarantine: list, statuses: list, heartbeats: list, readings: list):
         rest = message.topic[len(self.prefix) + 1 :] if message.topic.startswith(self.prefix + "/") else ""
         parts = rest.split("/")
-        node = parts[0] if parts and NODE_ID.match(parts[0]) else None
+        node = parts[0] if parts and NODE_ID.fullmatch(parts[0]) else None
         kind = parts[1] if len(parts) >= 2 else None
         shape_ok = (kind in ("status", "heartbeat") and len(parts) == 2) or (
             kind == "reading" and len(parts) == 3

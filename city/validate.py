@@ -110,7 +110,10 @@ def _reading_ok(data: dict) -> bool:
         return False
     node, sensor, units, readings = data["node"], data["sensor"], data["units"], data["readings"]
     if not (
-        isinstance(node, str) and NODE_ID.search(node) and isinstance(sensor, str) and SENSOR.search(sensor)
+        isinstance(node, str)
+        and NODE_ID.fullmatch(node)
+        and isinstance(sensor, str)
+        and SENSOR.fullmatch(sensor)
     ):
         return False
     if not isinstance(units, dict) or not all(isinstance(u, str) for u in units.values()):
@@ -121,7 +124,7 @@ def _reading_ok(data: dict) -> bool:
         if not isinstance(r, dict) or not (READING_REQUIRED <= r.keys() <= READING_KEYS):
             return False
         seq, ts, values, quality = r["seq"], r["ts"], r["values"], r["quality"]
-        if not (_integer(seq) and seq >= 1 and isinstance(ts, str) and TS.search(ts)):
+        if not (_integer(seq) and seq >= 1 and isinstance(ts, str) and TS.fullmatch(ts)):
             return False
         if not isinstance(values, dict) or not all(_number(v) for v in values.values()):
             return False
