@@ -23,6 +23,9 @@ COMPONENTS = (
     "rain_gauge",
     "anemometer",
     "pi_health",
+    "pms5003",
+    "sht4x",
+    "dnms",
 )
 
 

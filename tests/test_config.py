@@ -18,6 +18,7 @@ from edge_node.config import (
     parse_config,
     parse_size,
 )
+from sensors import COMPONENTS, components
 
 MINIMAL = """\
 [node]
@@ -104,7 +105,7 @@ def test_the_shipped_sample_loads():
     with resources.as_file(resources.files("edge_node").joinpath("config.sample.toml")) as path:
         config = load_config(path)
     assert config.node.id == "trs-0042"
-    assert list(config.sensors) == ["bme280", "sds011", "rain", "wind", "host"]
+    assert list(config.sensors) == [component.name for component in components().values()]
     assert {sensor.driver for sensor in config.sensors.values()} == set(DRIVERS)
 
 
@@ -492,7 +493,7 @@ BAD_CONFIGS = {
     "sensor without driver": (MINIMAL + "[sensors.x]\ninterval_s = 10\n", "sensors.x.driver: required"),
     "unknown driver": (
         MINIMAL + '[sensors.x]\ndriver = "foo"\n',
-        'sensors.x.driver: unknown driver "foo" (known: anemometer, bme280, pi_health, rain_gauge, sds011)',
+        f'sensors.x.driver: unknown driver "foo" (known: {", ".join(sorted(COMPONENTS))})',
     ),
     "bad sensor name": (
         MINIMAL + '[sensors.Rain]\ndriver = "rain_gauge"\npin = 6\n',

@@ -16,6 +16,7 @@ from edge_node.config import parse_config
 from provisioning.detect import SimulatedNode, detect
 from provisioning.report import Report
 from provisioning.selftest import selftest
+from sensors import components
 
 LISTEN_S = 0.6  # at the simulated technician's 3 tips and 6 turns a second: >= 1 tip, >= 2 pulses
 
@@ -53,7 +54,7 @@ def test_simulated_detection_finds_all_five_and_cleans_up():
         "host": {"driver": "pi_health", "root": "sim"},
     }
     checks = _checks(report)
-    assert list(checks) == ["detect.bme280", "detect.sds011", "detect.rain", "detect.wind", "detect.host"]
+    assert list(checks) == [f"detect.{component.name}" for component in components().values()]
     assert report.result == "PASS", [c.detail for c in report.checks]
     assert checks["detect.bme280"].measured["chip_id"] == "0x60"
     assert checks["detect.bme280"].measured["address"] == "0x76"

@@ -182,3 +182,22 @@ def test_probe_names_the_firmware_and_the_levels(driver):
     result = driver.probe()
     assert result.found, result.detail
     assert "DNMS Version" in result.detail and "dB(A)" in result.detail
+
+
+def test_detect_finds_it_and_fails_on_another_device_at_its_address():
+    from provisioning.detect import detect
+    from provisioning.report import Report
+    from sensors.simulation import SimulatedNode
+
+    report = Report("trs-0001", "h")
+    found = detect(report, simulate=SimulatedNode(dnms=True), listen_s=0.1)
+    check = next(c for c in report.checks if c.name == "detect.noise")
+    assert check.passed and "DNMS Version" in check.detail
+    assert found["noise"] == {"driver": "dnms", "bus": "sim"}
+    node = SimulatedNode(dnms=True).start()
+    node.devices["noise"].faults.version = "SPS30 2.2"
+    report = Report("trs-0001", "h")
+    assert "noise" not in detect(report, simulate=node, listen_s=0.1)
+    node.stop()
+    check = next(c for c in report.checks if c.name == "detect.noise")
+    assert not check.passed and "SPS30" in check.detail

@@ -37,6 +37,7 @@ ALLOWED = {
         [
             *REGISTRY,
             "sensors.pulses",
+            "sensors.i2c_detect",  # the detect of an I2C part found by address (SHT4x, DNMS)
             "drivers",
             "drivers.*",
             "sensors.{own}.driver",

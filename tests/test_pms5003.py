@@ -316,3 +316,20 @@ def test_its_pm_gets_the_sds011s_humidity_correction_and_flag(sim):
     units = units_with_corrections(driver.units)
     assert units["pm1_corrected"] == units["pm2_5_corrected"] == "ug/m3"
     driver.close()
+
+
+def test_detect_finds_it_on_a_simulated_node_and_passes_it_as_not_fitted_when_absent():
+    from provisioning.detect import detect
+    from provisioning.report import Report
+    from sensors.simulation import SimulatedNode
+
+    report = Report("trs-0001", "h")
+    found = detect(report, simulate=SimulatedNode(pms5003=True), listen_s=0.1)
+    check = next(c for c in report.checks if c.name == "detect.pms5003")
+    assert check.passed and "firmware 0x91" in check.detail
+    assert found["pms5003"] == {"driver": "pms5003", "port": "sim"}
+    assert found["sds011"] == {"driver": "sds011", "port": "sim"}, "each on its own port"
+    report = Report("trs-0001", "h")
+    assert "pms5003" not in detect(report, simulate=True, listen_s=0.1)
+    check = next(c for c in report.checks if c.name == "detect.pms5003")
+    assert check.passed and check.detail.startswith("no PMS5003 fitted")

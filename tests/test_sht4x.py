@@ -150,3 +150,19 @@ def test_probe_reports_the_serial_number(driver):
     result = driver.probe()
     assert result.found, result.detail
     assert result.info["serial_number"] == "1f2e3d4c" and "Cel" in result.detail
+
+
+def test_detect_finds_it_and_passes_it_as_not_fitted_when_absent():
+    from provisioning.detect import detect
+    from provisioning.report import Report
+    from sensors.simulation import SimulatedNode
+
+    report = Report("trs-0001", "h")
+    found = detect(report, simulate=SimulatedNode(sht4x=True), listen_s=0.1)
+    check = next(c for c in report.checks if c.name == "detect.sht4x")
+    assert check.passed and "serial 1f2e3d4c" in check.detail
+    assert found["sht4x"] == {"driver": "sht4x", "bus": "sim", "address": 0x44}
+    report = Report("trs-0001", "h")
+    detect(report, simulate=True, listen_s=0.1)
+    check = next(c for c in report.checks if c.name == "detect.sht4x")
+    assert check.passed and check.detail.startswith("no SHT4x fitted")

@@ -7,11 +7,13 @@ open(): reads the version string (it must start "DNMS"; anything else answering 
 is a WrongDevice), then closes the module's running interval and discards it, so the first
 reading covers the time since open rather than since the module powered up.
 read(): closes the interval (CALCULATE_LEQ), polls READ_DATA_READY every `POLL_S` for up to
-`READY_TIMEOUT_S` (the firmware sets it at the end of its current 125 ms block), and reads the
-levels: `laeq` (energy mean over the interval since the previous read), `lamin`, `lamax` (the
-lowest and highest 125 ms LAeq in it), in dB(A), rounded to 0.1 dB (the module's class 2-ish
-accuracy is about +-1 dB). So one reading describes exactly the interval between two reads; one
-shorter than `MIN_INTERVAL_S` (a read right after open) is flagged `warming_up`.
+`READY_TIMEOUT_S` (the firmware sets it at the end of its current 125 ms block; a poll whose CRC
+fails is asked again), and reads the levels (twice at most when the CRC fails: the module keeps
+them until the next interval closes): `laeq` (energy mean over the interval since the previous
+read), `lamin`, `lamax` (the lowest and highest 125 ms LAeq in it), in dB(A), rounded to 0.1 dB
+(the module's class 2-ish accuracy is about +-1 dB). So one reading describes exactly the
+interval between two reads; one shorter than `MIN_INTERVAL_S` (a read right after open) is
+flagged `warming_up`.
 
 Quality: `out_of_range` when LAeq is below the microphone's self-noise (`NOISE_FLOOR_DBA`: the
 ICS-43434's 65 dB SNR at 94 dB SPL) or above its acoustic overload point (120 dB SPL): the value
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterator
 
 from drivers import BusError, DriverError, ProbeResult, Reading, SensorFault, SensorNotFound, WrongDevice
 from drivers.buses import I2CBus
+from drivers.sensirion import CRCError
 from sensors.dnms.protocol import (
     ADDRESS,
     CALCULATE_LEQ,
@@ -60,6 +63,7 @@ POLL_S = 0.01
 READY_TIMEOUT_S = 1.0  # eight of the firmware's 125 ms blocks
 COMMAND_GAP_S = 0.002  # the Teensy handles a command in its receive interrupt; give it a moment
 STUCK_AFTER = 5  # a live microphone's float levels never repeat bit for bit five times running
+LEQ_ATTEMPTS = 2
 MIN_INTERVAL_S = 1.0  # eight 125 ms blocks: less is a glimpse, not a level of the street
 LOCK_TIMEOUT_S = 1.0
 
@@ -156,15 +160,26 @@ class DNMSDriver:
     def _levels(self) -> Levels:
         self._command(CALCULATE_LEQ)
         deadline = time.monotonic() + READY_TIMEOUT_S
+        damaged: CRCError | None = None
         while True:
             time.sleep(POLL_S)
             self._command(READ_DATA_READY)
-            if decode_data_ready(self._read_reply(DATA_READY_WORDS)):
-                break
+            try:
+                if decode_data_ready(self._read_reply(DATA_READY_WORDS)):
+                    break
+            except CRCError as err:  # a flipped bit on the bus: ask again
+                damaged = err
             if time.monotonic() > deadline:
-                raise SensorFault(f"DNMS at {self.address:#04x}: no levels within {READY_TIMEOUT_S:g} s")
-        self._command(READ_LEQ)
-        levels = decode_levels(self._read_reply(LEQ_WORDS))
+                why = f" (last reply: {damaged})" if damaged else ""
+                raise SensorFault(f"DNMS at {self.address:#04x}: no levels within {READY_TIMEOUT_S:g} s{why}")
+        for attempt in range(LEQ_ATTEMPTS):  # the module keeps the levels until the next interval closes
+            self._command(READ_LEQ)
+            try:
+                levels = decode_levels(self._read_reply(LEQ_WORDS))
+                break
+            except CRCError:
+                if attempt == LEQ_ATTEMPTS - 1:
+                    raise
         if not all(map(math.isfinite, (levels.laeq, levels.lamin, levels.lamax))):
             raise SensorFault(f"DNMS at {self.address:#04x}: levels not finite ({levels})")
         if levels.laeq == 0.0:

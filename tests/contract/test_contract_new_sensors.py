@@ -10,70 +10,31 @@ import pytest
 
 from drivers import Driver
 
+from .conftest import _build
 from .test_contract_sensors import _assert_reading
 
-
-def _i2c_bus(kind: str, address: int, simulated):
-    if kind == "sim":
-        from simulators.i2c import SimI2CBus
-
-        return SimI2CBus({address: simulated()})
-    from drivers.buses.linux_i2c import LinuxI2C
-
-    return LinuxI2C(int(os.environ.get("EDGE_NODE_I2C_BUS", "1")))
+I2C_BUS = f"i2c:{os.environ.get('EDGE_NODE_I2C_BUS', '1')}"
 
 
 @pytest.fixture
-def environment():
-    from simulators.environment import Environment
-
-    return Environment(seed=1)
-
-
-@pytest.fixture
-def pms5003(bus_kind, environment):
-    from sensors.pms5003.driver import PMS5003Driver
-
-    device = None
-    if bus_kind == "sim":
-        from sensors.pms5003.simulator import SimPMS5003
-
-        def air():
-            c = environment.now()
-            return c.pm1, c.pm2_5, c.pm10
-
-        device = SimPMS5003(air, frame_interval_s=0.1, startup_s=0.1).start()
-        port = device.port
-    else:
-        port = os.environ.get("EDGE_NODE_PMS5003_PORT", "/dev/serial0")
-    driver = PMS5003Driver(port)
+def pms5003(bus_kind, tmp_path, node):
+    port = os.environ.get("EDGE_NODE_PMS5003_PORT", "/dev/serial0")
+    driver = _build("pms5003", bus_kind, tmp_path, node, port=port)
     yield driver
     driver.close()
-    if device is not None:
-        device.stop()
 
 
 @pytest.fixture
-def sht4x(bus_kind, environment):
-    from sensors.sht4x.driver import SHT4xDriver
-    from sensors.sht4x.simulator import SimSHT4x
-
+def sht4x(bus_kind, tmp_path, node):
     address = int(os.environ.get("EDGE_NODE_SHT4X_ADDRESS", "0x44"), 0)
-
-    def simulated():
-        return SimSHT4x(lambda: (environment.now().temperature_c, environment.now().humidity_rh))
-
-    driver = SHT4xDriver(_i2c_bus(bus_kind, address, simulated), address)
+    driver = _build("sht4x", bus_kind, tmp_path, node, bus=I2C_BUS, address=address)
     yield driver
     driver.close()
 
 
 @pytest.fixture
-def dnms(bus_kind, environment):
-    from sensors.dnms.driver import DNMSDriver
-    from sensors.dnms.simulator import SimDNMS
-
-    driver = DNMSDriver(_i2c_bus(bus_kind, 0x55, lambda: SimDNMS(lambda: environment.now().noise_dba)))
+def dnms(bus_kind, tmp_path, node):
+    driver = _build("dnms", bus_kind, tmp_path, node, bus=I2C_BUS)
     yield driver
     driver.close()
 
