@@ -19,7 +19,8 @@ LOCK_TIMEOUT_S = 2.0
 
 
 @contextlib.contextmanager
-def _locked(bus) -> Iterator[None]:
+def locked(bus) -> Iterator[None]:
+    """busio's lock, as Adafruit's I2CDevice takes it."""
     deadline = time.monotonic() + LOCK_TIMEOUT_S
     while not bus.try_lock():
         if time.monotonic() > deadline:
@@ -31,7 +32,8 @@ def _locked(bus) -> Iterator[None]:
         bus.unlock()
 
 
-def _bus_problem(label: str, bus, err: Exception) -> str:
+def bus_problem(label: str, bus, err: Exception) -> str:
+    """Why a bus cannot be scanned, with what to do about it."""
     path = getattr(bus, "path", label)
     if isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.ENODEV):
         return f"no {path}: enable I2C (sudo raspi-config nonint do_i2c 0) and reboot"
@@ -56,10 +58,10 @@ def detect_on_i2c(
         wrong: list[str] = []
         for label, bus in probe.i2c:
             try:
-                with _locked(bus):
+                with locked(bus):
                     present = bus.scan()
             except Exception as err:
-                problems.append(_bus_problem(label, bus, err))
+                problems.append(bus_problem(label, bus, err))
                 continue
             devices[label] = [f"{a:#04x}" for a in present]
             for address in addresses:

@@ -2,49 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import time
-from collections.abc import Iterator
-
 from sensors.component import describe_error
+from sensors.i2c_detect import bus_problem, locked
 
 from .driver import CHIP_ID_BME280, OTHER_CHIPS, BME280Driver
 
 BME280_ADDRESSES = (0x76, 0x77)
 REG_CHIP_ID = 0xD0
 BMP280_CHIP_IDS = (0x56, 0x57, 0x58)
-LOCK_TIMEOUT_S = 2.0
-
-
-@contextlib.contextmanager
-def _locked(bus) -> Iterator[None]:
-    """busio's lock, as Adafruit's I2CDevice takes it."""
-    deadline = time.monotonic() + LOCK_TIMEOUT_S
-    while not bus.try_lock():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the I2C bus stays locked")
-        time.sleep(0.001)
-    try:
-        yield
-    finally:
-        bus.unlock()
 
 
 def _read_chip_id(bus, address: int) -> int:
     buffer = bytearray(1)
-    with _locked(bus):
+    with locked(bus):
         bus.writeto_then_readfrom(address, bytes([REG_CHIP_ID]), buffer)
     return buffer[0]
-
-
-def _bus_problem(label: str, bus, err: Exception) -> str:
-    path = getattr(bus, "path", label)
-    if isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.ENODEV):
-        return f"no {path}: enable I2C (sudo raspi-config nonint do_i2c 0) and reboot"
-    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied on {path}: the user needs the i2c group"
-    return f"{path}: {describe_error(err)}"
 
 
 def _chip_name(chip_id: int) -> str:
@@ -62,10 +34,10 @@ def detect(probe) -> None:
         wrong: list[str] = []  # something else answers where a BME280 should
         for label, bus in probe.i2c:
             try:
-                with _locked(bus):
+                with locked(bus):
                     addresses = bus.scan()
             except Exception as err:
-                problems.append(_bus_problem(label, bus, err))
+                problems.append(bus_problem(label, bus, err))
                 continue
             devices[label] = [f"{a:#04x}" for a in addresses]
             for address in BME280_ADDRESSES:
