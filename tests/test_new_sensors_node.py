@@ -61,7 +61,7 @@ def test_the_new_sensors_deliver_flagged_corrected_and_through_faults(
     rec.wait_for(lambda: pms_states()[-1] in ("ok", "warming"), timeout=30, what="the PMS5003 back")
     count = len(by_sensor(rec.readings())["pms5003"])
     rec.wait_for(lambda: len(by_sensor(rec.readings())["pms5003"]) > count + 1, timeout=20, what="PM again")
-    rec.wait_for(lambda: len(by_sensor(rec.readings())["noise"]) >= 3, timeout=20, what="noise levels")
+    rec.wait_for(lambda: len(by_sensor(rec.readings())["noise"]) >= 3, timeout=40, what="noise levels")
 
     units = {name: rec.payloads(f"/reading/{name}")[-1]["units"] for name in ("pms5003", "sht4x", "noise")}
     assert units["pms5003"]["pm1"] == "ug/m3" and units["pms5003"]["n0_3"] == "count/0.1L"

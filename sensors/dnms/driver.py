@@ -8,12 +8,12 @@ is a WrongDevice), then closes the module's running interval and discards it, so
 reading covers the time since open rather than since the module powered up.
 read(): closes the interval (CALCULATE_LEQ), polls READ_DATA_READY every `POLL_S` for up to
 `READY_TIMEOUT_S` (the firmware sets it at the end of its current 125 ms block; a poll whose CRC
-fails is asked again), and reads the levels (twice at most when the CRC fails: the module keeps
-them until the next interval closes): `laeq` (energy mean over the interval since the previous
-read), `lamin`, `lamax` (the lowest and highest 125 ms LAeq in it), in dB(A), rounded to 0.1 dB
-(the module's class 2-ish accuracy is about +-1 dB). So one reading describes exactly the
-interval between two reads; one shorter than `MIN_INTERVAL_S` (a read right after open) is
-flagged `warming_up`.
+fails is asked again), and reads the levels: `laeq` (energy mean over the interval since the
+previous read), `lamin`, `lamax` (the lowest and highest 125 ms LAeq in it), in dB(A), rounded to
+0.1 dB (the module's class 2-ish accuracy is about +-1 dB). The levels, like the version at open,
+are read twice at most when a CRC fails (the module keeps them until the next interval closes).
+So one reading describes exactly the interval between two reads; one shorter than
+`MIN_INTERVAL_S` (a read right after open) is flagged `warming_up`.
 
 Quality: `out_of_range` when LAeq is below the microphone's self-noise (`NOISE_FLOOR_DBA`: the
 ICS-43434's 65 dB SNR at 94 dB SPL) or above its acoustic overload point (120 dB SPL): the value
@@ -63,7 +63,7 @@ POLL_S = 0.01
 READY_TIMEOUT_S = 1.0  # eight of the firmware's 125 ms blocks
 COMMAND_GAP_S = 0.002  # the Teensy handles a command in its receive interrupt; give it a moment
 STUCK_AFTER = 5  # a live microphone's float levels never repeat bit for bit five times running
-LEQ_ATTEMPTS = 2
+REPLY_ATTEMPTS = 2  # for the version and the levels, when a CRC fails
 MIN_INTERVAL_S = 1.0  # eight 125 ms blocks: less is a glimpse, not a level of the street
 LOCK_TIMEOUT_S = 1.0
 
@@ -146,11 +146,14 @@ class DNMSDriver:
     # -- the protocol's steps -------------------------------------------------------------------
 
     def _version(self) -> str:
-        self._command(READ_VERSION)
-        try:
-            version = decode_version(self._read_reply(VERSION_WORDS))
-        except SensorFault as err:
-            raise WrongDevice(f"something answers at {self.address:#04x}, but not as a DNMS ({err})") from err
+        for attempt in range(REPLY_ATTEMPTS):
+            self._command(READ_VERSION)
+            try:
+                version = decode_version(self._read_reply(VERSION_WORDS))
+                break
+            except CRCError:  # a flipped bit, or not a DNMS talking: asked again, then a fault
+                if attempt == REPLY_ATTEMPTS - 1:
+                    raise
         if not version.startswith(VERSION_PREFIX):
             raise WrongDevice(
                 f"something answers at {self.address:#04x}, but its version is {version!r}, not a DNMS's"
@@ -172,13 +175,13 @@ class DNMSDriver:
             if time.monotonic() > deadline:
                 why = f" (last reply: {damaged})" if damaged else ""
                 raise SensorFault(f"DNMS at {self.address:#04x}: no levels within {READY_TIMEOUT_S:g} s{why}")
-        for attempt in range(LEQ_ATTEMPTS):  # the module keeps the levels until the next interval closes
+        for attempt in range(REPLY_ATTEMPTS):  # the module keeps the levels until the next interval closes
             self._command(READ_LEQ)
             try:
                 levels = decode_levels(self._read_reply(LEQ_WORDS))
                 break
             except CRCError:
-                if attempt == LEQ_ATTEMPTS - 1:
+                if attempt == REPLY_ATTEMPTS - 1:
                     raise
         if not all(map(math.isfinite, (levels.laeq, levels.lamin, levels.lamax))):
             raise SensorFault(f"DNMS at {self.address:#04x}: levels not finite ({levels})")
