@@ -15,9 +15,12 @@ import time
 
 import aiomqtt
 
+from edge_node.broker_connection import BrokerConnection
+
 
 async def publish_all(port: int, messages: list[tuple[str, bytes]], inflight: int) -> None:
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-baseline", timeout=30) as client:
+    broker = BrokerConnection.of_tool(f"mqtt://127.0.0.1:{port}", protocol="3.1.1")  # as the daemon's was
+    async with aiomqtt.Client(**broker.aiomqtt_options(), identifier="bench-baseline", timeout=30) as client:
         client.pending_calls_threshold = inflight + 20
         window = asyncio.Semaphore(inflight)
 

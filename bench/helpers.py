@@ -17,8 +17,7 @@ from array import array
 from calendar import timegm
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
+from edge_node.broker_connection import BrokerConnection
 from edge_node.clock import boot_id, boottime
 from edge_node.payloads import ClockView, batch_payload, reading_json
 from edge_node.store import NewReading, Store
@@ -208,9 +207,8 @@ class Subscriber:
         self.topic = f"{PREFIX}/{node}/reading/#"
         self.messages: list[tuple[float, bytes]] = []  # (arrival wall time, payload)
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}-{next(_ids)}"
-        )
+        broker = BrokerConnection.of_tool(f"mqtt://127.0.0.1:{port}", protocol="3.1.1")
+        self.client = broker.paho_client(f"bench-sub-{os.getpid()}-{next(_ids)}")
         self.client.on_connect = lambda c, *a: c.subscribe(self.topic, qos=0)
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.messages.append((time.time(), m.payload))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -31,13 +32,13 @@ import aiomqtt
 
 from .acked_client import (
     MESSAGE_REFUSALS,
-    PROTOCOLS,
     UNSUPPORTED_PROTOCOL,
     AckedClient,
     PublishRefused,
     is_unsupported_protocol,
     reason_text,
 )
+from .broker_connection import BrokerConnection
 from .clock import boot_id, boottime, clock_synced, format_ts
 from .commands import CommandHandler
 from .config import BrokerConfig, ForwardConfig
@@ -227,23 +228,11 @@ class Forwarder:
 
     def _client(self) -> AckedClient:
         b = self.broker
-        tls = None
-        if b.tls:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(b.ca_file) if b.ca_file else None,
-                certfile=str(b.client_cert) if b.client_cert else None,
-                keyfile=str(b.client_key) if b.client_key else None,
-            )
+        connection = dataclasses.replace(BrokerConnection.of_node(b), protocol=self.protocol)
         client = AckedClient(
-            b.host,
-            b.port,
-            protocol=PROTOCOLS[self.protocol],
+            **connection.aiomqtt_options(),
             identifier=self.node_id,
-            username=b.username,
-            password=b.password(),
-            keepalive=b.keepalive_s,
             will=aiomqtt.Will(f"{self.root}/status", Health.status_offline("lost"), qos=1, retain=True),
-            tls_params=tls,
             timeout=publish_timeout(b),
             max_inflight_messages=self.forward.max_inflight,  # paho's own cap (20) must not be tighter
             max_queued_incoming_messages=100,  # a flood of commands must not grow memory
@@ -541,4 +530,3 @@ class Forwarder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_s)
             self._beat_now.clear()
-

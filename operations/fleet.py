@@ -97,7 +97,7 @@ from collections import deque
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edge_node.broker_url import parse_broker_url, refuse_clear_password
+from edge_node.broker_connection import BrokerConnection
 from edge_node.untrusted import (
     Heartbeat,
     Malformed,
@@ -704,22 +704,13 @@ def connect(
 ):
     """A paho client subscribed to the fleet's topics, feeding `fleet` from its own thread.
     ValueError for a URL the one parser refuses, or a password that would travel in clear."""
-    import paho.mqtt.client as mqtt
-
     try:
-        address = parse_broker_url(url)
-        tls = address.tls or ca is not None
-        refuse_clear_password(tls, password is not None, insecure=insecure)
+        connection = BrokerConnection.of_tool(
+            url, username=username or None, password=password, ca_file=ca, insecure=insecure, protocol="3.1.1"
+        )
     except ValueError as err:
         raise ValueError(f"--broker: {err}") from None
-    port = address.port
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-node-fleet-{uuid.uuid4().hex[:8]}"
-    )
-    if username:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set(ca_certs=ca, cert_reqs=ssl.CERT_REQUIRED)
+    client = connection.paho_client(f"edge-node-fleet-{uuid.uuid4().hex[:8]}")
     result: dict = {}
     ready = threading.Event()
 
@@ -739,7 +730,7 @@ def connect(
     client.on_connect = on_connect
     client.on_message = on_message
     try:
-        client.connect(address.host, port, keepalive=30)
+        connection.connect(client)
     except (OSError, ssl.SSLError) as err:
         raise BrokerError(f"cannot reach broker {url}: {err}") from None
     client.loop_start()

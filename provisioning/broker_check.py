@@ -58,6 +58,7 @@ message of this module contains it. Check messages are not retained, so nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import socket
@@ -70,6 +71,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_node.broker_connection import BrokerConnection
 from edge_node.config import BrokerConfig, Config
 
 from .report import Report
@@ -333,7 +335,7 @@ class _State:
 
 
 class _Session:
-    """A paho client with the node's credentials, built as the daemon's (edge_node/forwarder.py)."""
+    """A paho client with the node's credentials, set up as the daemon's (edge_node.broker_connection)."""
 
     def __init__(self, broker: BrokerConfig, client_id: str, timeout_s: float, protocol=mqtt.MQTTv311):
         self.broker = broker
@@ -348,21 +350,11 @@ class _Session:
     def connect(self) -> float:
         """Connect; the milliseconds until CONNACK. Raises CheckFailed with the reason in one line."""
         b = self.broker
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=self.protocol,
-            reconnect_on_failure=False,  # one shot: a lost connection is a finding, never retried
-        )
-        try:
-            if b.username is not None:
-                client.username_pw_set(b.username, b.password())
-            if b.tls:  # as aiomqtt.TLSParameters does for the daemon: CERT_REQUIRED, host name checked
-                client.tls_set(
-                    ca_certs=str(b.ca_file) if b.ca_file else None,
-                    certfile=str(b.client_cert) if b.client_cert else None,
-                    keyfile=str(b.client_key) if b.client_key else None,
-                )
+        version = "5" if self.protocol == mqtt.MQTTv5 else "3.1.1"
+        try:  # the daemon's set-up: its credentials, TLS with the certificate and host name checked
+            connection = dataclasses.replace(BrokerConnection.of_node(b), protocol=version)
+            # one shot: a lost connection is a finding, never retried
+            client = connection.paho_client(self.client_id, reconnect_on_failure=False)
         except (OSError, ValueError) as err:
             raise CheckFailed(_explain_setup(err, b)) from None
         client.connect_timeout = self.timeout_s
@@ -375,7 +367,7 @@ class _Session:
         self.client = client
         started = time.monotonic()
         try:
-            client.connect(b.host, b.port, keepalive=b.keepalive_s)  # DNS, TCP and TLS: raise here
+            connection.connect(client)  # DNS, TCP and TLS: raise here
         except (OSError, ValueError) as err:
             raise CheckFailed(_explain_connect(err, b, self.timeout_s)) from None
         client.loop_start()
