@@ -33,7 +33,14 @@ def serve_options(args: argparse.Namespace) -> dict:
         "tiles": {"url": tiles, "attribution": getattr(args, "tiles_attribution", "")} if tiles else None,
         "rules": rules,
         "alerts_cache": _AlertsCache(),
+        "map_cache": _map_cache(),
     }
+
+
+def _map_cache():
+    from .webmap import MapCache
+
+    return MapCache()
 
 
 class _AlertsCache:

@@ -14,7 +14,9 @@ draws the streets it knows on a plain background), `--tiles-attribution TEXT`, `
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import mimetypes
 import time
 from importlib import resources
@@ -24,14 +26,51 @@ from aiohttp import web
 
 from . import alerts as alert_rules
 from . import stored, terrassa
-from .api import OPTIONS_KEY, Routes, node_param, param, query
+from .api import OPTIONS_KEY, POOL_KEY, Routes, node_param, param, query
 from .areas import Areas
+from .db import DatabaseError
 from .samples import HOUR_S, hour_start
 from .views import DAY_S, STALE_S, NodeDay, map_view, node_day_view
 
 routes = Routes()
+log = logging.getLogger("city.serve")
 STATIC = resources.files("city") / "static"
 HEAT_RECENT_S = 30 * 60
+# Every citizen's page asks for the same map: it is computed at most once per this many seconds
+# (readings arrive once a minute or so; a city of 300 nodes costs ~0.4 s of CPU to compute).
+MAP_CACHE_S = 10.0
+
+
+class MapCache:
+    """The map's JSON, computed at most every MAP_CACHE_S and in the background once there is
+    one: no citizen's page waits for it but the first after a start."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.body: bytes | None = None
+        self.at = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def compute(self, app: web.Application, options: dict) -> None:
+        now = time.time()
+        data = await query_app(app, map_data, options, now)
+        self.body, self.at = json.dumps(data, ensure_ascii=False).encode(), now
+
+    def refresh_soon(self, app: web.Application, options: dict) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._refresh(app, options))
+
+    async def _refresh(self, app: web.Application, options: dict) -> None:
+        async with self.lock:
+            try:
+                await self.compute(app, options)
+            except DatabaseError as err:  # the last map stands; the next request tries again
+                log.warning("map not refreshed: %s", err)
+
+
+async def query_app(app: web.Application, function, *args):
+    """`function(db, conn, *args)` on the service's pool, outside a request."""
+    return await app[POOL_KEY].run(function, *args)
 
 
 def _options(request: web.Request) -> dict:
@@ -157,7 +196,16 @@ async def map_config(request: web.Request) -> web.Response:
 )
 async def city_map(request: web.Request) -> web.Response:
     options = _options(request)
-    return _json(await query(request, map_data, options, time.time()))
+    cache = options.get("map_cache")
+    if cache is None:
+        return _json(await query(request, map_data, options, time.time()))
+    if cache.body is None:
+        async with cache.lock:  # the first page after a start waits; those behind it share its result
+            if cache.body is None:
+                await cache.compute(request.app, options)
+    elif time.time() - cache.at >= MAP_CACHE_S:
+        cache.refresh_soon(request.app, options)  # this page gets the last map, the next a new one
+    return web.Response(body=cache.body, content_type="application/json")
 
 
 @routes.get(

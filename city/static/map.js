@@ -297,12 +297,13 @@
 
   (async function start() {
     renderStatic();
+    const first = refresh();  // both at once: the markers need not wait for the streets
     config = await getJSON("api/config");
     if (config.tiles && config.tiles.url) {
       L.tileLayer(config.tiles.url, { attribution: config.tiles.attribution || "", maxZoom: 19 }).addTo(map);
     }
     drawStreets();
-    await refresh();
+    await first;
     const located = data.nodes.filter((n) => n.lat !== null && n.lon !== null);
     if (located.length) map.fitBounds(located.map((n) => [n.lat, n.lon]), { padding: [30, 30], maxZoom: 16 });
     setInterval(refresh, REFRESH_MS);
