@@ -42,6 +42,7 @@ from edge_node.store import SCHEMA, Store
 from operations.mosquitto import LocalBroker
 
 from . import peer
+from .city_map import fig_city_index, fig_city_map
 from .fleet import fig_fleet
 from .helpers import (
     CardTrace,
@@ -740,7 +741,8 @@ def fig_peer(b: Bench) -> None:
 
 
 FIGURES = (
-    fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet, fig_peer
+    fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet, fig_peer,
+    fig_city_index, fig_city_map,
 )  # fmt: skip
 
 
