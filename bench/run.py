@@ -741,8 +741,8 @@ def fig_peer(b: Bench) -> None:
 
 
 FIGURES = (
-    fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet, fig_peer,
-    fig_city_index, fig_city_map,
+    fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet,
+    fig_peer, fig_city_index, fig_city_map,
 )  # fmt: skip
 
 
