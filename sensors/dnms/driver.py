@@ -64,7 +64,8 @@ READY_TIMEOUT_S = 1.0  # eight of the firmware's 125 ms blocks
 COMMAND_GAP_S = 0.002  # the Teensy handles a command in its receive interrupt; give it a moment
 STUCK_AFTER = 5  # a live microphone's float levels never repeat bit for bit five times running
 REPLY_ATTEMPTS = 2  # for the version and the levels, when a CRC fails
-MIN_INTERVAL_S = 1.0  # eight 125 ms blocks: less is a glimpse, not a level of the street
+MIN_INTERVAL_S = 0.5  # four 125 ms blocks: less is a glimpse, not a level of the street
+PROBE_INTERVAL_S = 1.0  # what probe() listens to before it reads
 LOCK_TIMEOUT_S = 1.0
 
 _NO_ACK = {errno.ENXIO, errno.EREMOTEIO}
@@ -126,7 +127,7 @@ class DNMSDriver:
         info: dict[str, object] = {"address": self.address, "version": None}
         try:
             self.open()
-            time.sleep(MIN_INTERVAL_S)  # an interval long enough to describe the street
+            time.sleep(PROBE_INTERVAL_S)
             reading = self.read()
         except DriverError as err:
             info["version"] = self.version
