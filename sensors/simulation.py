@@ -89,7 +89,7 @@ class SimulatedNode:
         c = self.environment().now()
         if self.fog:
             c = dataclasses.replace(
-                c, humidity_rh=max(c.humidity_rh, 98.0), pm2_5=c.pm2_5 * 4, pm10=c.pm10 * 4
+                c, humidity_rh=max(c.humidity_rh, 98.0), pm1=c.pm1 * 4, pm2_5=c.pm2_5 * 4, pm10=c.pm10 * 4
             )
         return c
 

@@ -333,3 +333,14 @@ def test_detect_finds_it_on_a_simulated_node_and_passes_it_as_not_fitted_when_ab
     assert "pms5003" not in detect(report, simulate=True, listen_s=0.1)
     check = next(c for c in report.checks if c.name == "detect.pms5003")
     assert check.passed and check.detail.startswith("no PMS5003 fitted")
+
+
+def test_fog_on_a_simulated_node_scales_pm1_with_pm2_5_and_pm10():
+    from sensors.simulation import SimulatedNode
+
+    node = SimulatedNode(seed=3)
+    clear = node.conditions()
+    node.fog = True
+    fog = node.conditions()
+    assert fog.pm1 / fog.pm2_5 == pytest.approx(clear.pm1 / clear.pm2_5, rel=0.05)
+    assert fog.pm1 > 3 * clear.pm1
