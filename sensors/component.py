@@ -13,10 +13,11 @@ if TYPE_CHECKING:
     from drivers import Driver
 
     from .schema import Key
-    from .simulation import SimulatedNode
 
+# The simulated node (sensors.simulation.SimulatedNode), which reads these declarations.
+Node = Any
 # A fault of a simulated sensor, switched on or off at run time: (node, sensor name, active).
-FaultSwitch = Callable[["SimulatedNode", str, bool], None]
+FaultSwitch = Callable[[Node, str, bool], None]
 # The hardware a sensor holds, as (option, description), so no two sensors hold the same; None
 # when it holds nothing exclusive (a simulated bus).
 Claim = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
@@ -41,7 +42,7 @@ class Component:
     # The driver, on what `sensors.buses.open_bus` opened for its bus option: (bus, options, place).
     build: Callable[[Any, Mapping[str, Any], Place], Driver]
     # Its simulator on the node's simulated buses: (node, sensor name, options) -> (device, bus).
-    simulate: Callable[[SimulatedNode, str, Mapping[str, Any]], tuple[object, Any]]
+    simulate: Callable[[Node, str, Mapping[str, Any]], tuple[object, Any]]
     sample: str  # its commented [sensors.NAME] table in config.sample.toml
     faults: Mapping[str, FaultSwitch] = field(default_factory=dict)
     claim: Claim | None = None
@@ -50,29 +51,29 @@ class Component:
     selftest_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] = lambda options: options
     # `edge-node detect`: (probe) -> None; adds one check and, when found, the config table.
     detect: Callable[[Any], None] | None = None
-    # The detect bench of a SimulatedNode: its knobs with their defaults, and (node, knobs) -> None
+    # The detect bench of a simulated node: its knobs with their defaults, and (node, knobs) -> None
     # attaching what a technician would meet on the node's buses.
     bench_knobs: Mapping[str, Any] = field(default_factory=dict)
-    bench: Callable[[SimulatedNode, Mapping[str, Any]], None] | None = None
+    bench: Callable[[Node, Mapping[str, Any]], None] | None = None
     pin: int | None = None  # pulse inputs: the BCM pin detect listens on by default
 
 
 def flag(attribute: str, value: object = True) -> FaultSwitch:
     """A fault that is one attribute of the simulator's `faults`, set while active."""
 
-    def switch(node: SimulatedNode, sensor: str, active: bool) -> None:
+    def switch(node: Node, sensor: str, active: bool) -> None:
         faults = node.devices[sensor].faults  # type: ignore[attr-defined]
         setattr(faults, attribute, value if active else getattr(type(faults)(), attribute))
 
     return switch
 
 
-def fog(node: SimulatedNode, sensor: str, active: bool) -> None:
+def fog(node: Node, sensor: str, active: bool) -> None:
     """Fog is the air's, not one sensor's: humidity near saturation and droplets counted as PM."""
     node.fog = active
 
 
-def unplug(node: SimulatedNode, sensor: str, active: bool) -> None:
+def unplug(node: Node, sensor: str, active: bool) -> None:
     faults = node.devices[sensor].faults  # type: ignore[attr-defined]
     faults.vanish() if active else faults.reappear()
 
