@@ -338,8 +338,8 @@ class Daemon:
             log.error("in-memory overflow full: %d readings lost", lost)
 
     async def _sync_store(self) -> None:
-        """One fdatasync per `sync_interval_s` at most: when the oldest commit not yet on the card
-        is that old (the power-cut window), none while nothing was stored (DESIGN §3)."""
+        """One fdatasync per `sync_interval_s` at most, when Store.sync_due_in says (the power-cut
+        window for readings not yet delivered), none while nothing was stored (DESIGN §3)."""
         interval = self.config.buffer.sync_interval_s
         faults = self.health.buffer_faults
         while True:
@@ -350,8 +350,9 @@ class Daemon:
                     await asyncio.wait_for(self._stored.wait(), interval)
                 if self.store.sync_due_in() is not None:
                     continue
-            else:
-                await asyncio.sleep(max(0.0, due))
+            elif due > 0:  # a commit meanwhile may be due sooner, an ack may make it due later
+                await asyncio.sleep(min(due, interval))
+                continue
             errors = []  # a full or failing card: report, retry next tick
             if not self.store.appended_since_sync:  # else the acks went with the readings' commits
                 try:

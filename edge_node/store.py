@@ -10,8 +10,11 @@ Contract (DESIGN §3):
 Why not `synchronous=FULL`: it fsyncs on every commit, which at a street node's rate costs
 hundreds of MB of flash writes a day. We run `synchronous=NORMAL` (a commit survives a process
 crash, the database stays consistent after a power cut) and fdatasync the WAL ourselves once the
-oldest commit not yet on the card is `sync_interval_s` old, and only then: that bounds what a
-power cut can take, with at most one sync per interval and none while nothing was stored.
+oldest reading not yet on the card and not yet acknowledged by the broker is `sync_interval_s`
+old: that bounds what a power cut can take (a reading the broker has is not the buffer's to
+lose), with at most one sync per interval, none while nothing was stored, and, while the broker
+takes every reading in time, one every DELIVERED_SYNC_FACTOR intervals (the kernel writes those
+pages back by itself within ~30 s; the sync is there to notice a card that fails its syncs).
 Flash writes are then set by the 4 KiB pages dirtied between syncs (each sync cleans the WAL's
 last page, and the next commit dirties it again: one page per interval is the floor), so:
 - 512-byte pages: a small commit appends a 536-byte WAL frame, not a 4 KiB one;
@@ -33,6 +36,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -61,6 +65,7 @@ CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY, reason_code INTE
 
 KEEP_QUARANTINED = 3  # corrupt buffers kept for forensics; older ones are deleted (a small card)
 SEQ_BLOCK = 10_000  # seqs reserved outside the buffer at a time (one small fsynced write each)
+DELIVERED_SYNC_FACTOR = 10  # readings the broker acknowledged in time: synced every 10 intervals at most
 CHECKPOINT_FRAMES = 8192  # WAL frames (512 B pages) between checkpoints: 4 MiB, = journal_size_limit
 
 # Per-row bytes besides the body: rowid, reals, boot id, cell headers. Used for `max_bytes`.
@@ -143,6 +148,9 @@ class Store:
         self._acked: set[int] = set()
         self.appended_since_sync = False  # readings stored since the last sync (acks then go with them)
         self._unsynced_since: float | None = None  # monotonic time of the oldest commit not yet synced
+        self._must_sync_since: float | None = None  # ... of the oldest that a power cut must not take
+        self._undelivered: dict[int, float] = {}  # seq -> commit time, of readings stored since the last
+        self._undelivered_lock = threading.Lock()  # sync and not yet acknowledged (sync() runs in a thread)
         self._sync_failed = False
         self.moved_aside: Path | None = None
 
@@ -424,7 +432,7 @@ class Store:
         self._acked.difference_update(acked)
         self._rows -= gone
         self._bytes -= gone_bytes
-        self._stored()
+        self._stored([row[0] for row in rows])
         self._next_seq = seq
         self._rows += len(rows)
         self._bytes += added
@@ -497,7 +505,11 @@ class Store:
 
     def ack(self, seqs: Iterable[int]) -> None:
         """The broker acknowledged these rows: they go with the next commit (or `flush_acked`)."""
+        seqs = list(seqs)
         self._acked.update(seqs)
+        with self._undelivered_lock:
+            for seq in seqs:
+                self._undelivered.pop(seq, None)
 
     @property
     def acked_waiting(self) -> int:
@@ -542,23 +554,47 @@ class Store:
             data += sum(size for (size,) in sizes)
         return count, data + count * ROW_OVERHEAD  # rows, and the bytes they counted for
 
-    def _stored(self) -> None:
-        """Something that a power cut must not take was committed (readings, the dropped count)."""
+    def _stored(self, seqs: list[int] | None = None) -> None:
+        """Readings (`seqs`) or the dropped count (None) were committed."""
         self.appended_since_sync = True
+        now = time.monotonic()
         if self._unsynced_since is None:
-            self._unsynced_since = time.monotonic()
+            self._unsynced_since = now
+        if seqs is None:
+            if self._must_sync_since is None:
+                self._must_sync_since = now
+            return
+        with self._undelivered_lock:
+            for seq in seqs:
+                self._undelivered[seq] = now
 
     def sync_due_in(self) -> float | None:
-        """Seconds until the oldest commit not yet on the card is `sync_interval_s` old; None if
-        every commit that matters is synced (deleting acknowledged rows needs no sync: a power
-        cut that undid it would only make the node send them again)."""
-        since = self._unsynced_since
-        return None if since is None else since + self.sync_interval_s - time.monotonic()
+        """Seconds until a sync is due; None while nothing was committed since the last.
+
+        Due when the oldest reading committed since the last sync and not yet acknowledged by the
+        broker is `sync_interval_s` old (the power-cut window: DESIGN §3). A reading the broker
+        has acknowledged is no longer the buffer's to lose, so readings delivered in time need no
+        fsync of their own: at least every DELIVERED_SYNC_FACTOR intervals all the same, so that
+        a card that fails its syncs is noticed while the broker is up too. Deleting acknowledged
+        rows needs none: a power cut that undid it would only make the node send them again."""
+        if self._unsynced_since is None:
+            return None
+        due = self._unsynced_since + DELIVERED_SYNC_FACTOR * self.sync_interval_s
+        if self._must_sync_since is not None:
+            due = min(due, self._must_sync_since + self.sync_interval_s)
+        with self._undelivered_lock:
+            oldest = next(iter(self._undelivered.values()), None)  # kept in commit order
+        if oldest is not None:
+            due = min(due, oldest + self.sync_interval_s)
+        return due - time.monotonic()
 
     def sync(self) -> None:
         """Make every commit so far survive a power cut (see module docstring); no fdatasync when
         nothing was stored since the last. Thread-safe."""
         since, self._unsynced_since = self._unsynced_since, None
+        must, self._must_sync_since = self._must_sync_since, None
+        with self._undelivered_lock:
+            undelivered, self._undelivered = self._undelivered, {}
         self.appended_since_sync = False
         try:
             if self._wal_fd is not None and since is not None:
@@ -567,6 +603,10 @@ class Store:
             self.appended_since_sync = True  # still not on the card
             if self._unsynced_since is None:
                 self._unsynced_since = since
+            if self._must_sync_since is None:
+                self._must_sync_since = must
+            with self._undelivered_lock:
+                self._undelivered = {**undelivered, **self._undelivered}
             # and maybe never: Linux may drop the pages a failed fsync left, so a later fsync that
             # succeeds proves nothing about them; the stop can no longer be called clean
             self._sync_failed = True

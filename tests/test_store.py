@@ -321,3 +321,19 @@ def test_sync_skips_the_fdatasync_when_nothing_was_stored(open_store, monkeypatc
     store.sync()
     store.sync()
     assert len(calls) == 1
+
+
+def test_readings_the_broker_acknowledged_in_time_wait_longer_for_their_sync(open_store):
+    """A delivered reading is not the buffer's to lose: its commit is synced within
+    DELIVERED_SYNC_FACTOR intervals (to notice a failing card), an undelivered one within one."""
+    from edge_node.store import DELIVERED_SYNC_FACTOR
+
+    store = open_store(sync_interval_s=10)
+    store.ack(store.append([reading()]))
+    assert 10 * (DELIVERED_SYNC_FACTOR - 1) < store.sync_due_in() <= 10 * DELIVERED_SYNC_FACTOR
+    store.append([reading()])  # not acknowledged: the power-cut window applies
+    assert 9.5 < store.sync_due_in() <= 10
+    store.sync()
+    assert store.sync_due_in() is None
+    store.add_dropped(3)  # the dropped count is the buffer's alone: one interval
+    assert 9.5 < store.sync_due_in() <= 10
