@@ -80,11 +80,12 @@ def street():
 
 @pytest.fixture
 def sim(street):
-    return SimDNMS(street, seed=5)
+    return SimDNMS(street, seed=5, clock=Clock())
 
 
 class Clock:
-    """The driver's interval clock: each reading here closes a 60 s interval."""
+    """Each look at it is 60 s later: every interval the simulator measures, and every one the
+    driver closes, is a minute of street (480 blocks), whatever the test's real pace."""
 
     def __init__(self) -> None:
         self.t = 0.0
