@@ -44,6 +44,7 @@ from operations.mosquitto import LocalBroker
 from . import peer
 from .city_map import fig_city_index, fig_city_map
 from .fleet import fig_fleet
+from .fleet_view import fig_fleet_view
 from .helpers import (
     CardTrace,
     Daemon,
@@ -742,7 +743,7 @@ def fig_peer(b: Bench) -> None:
 
 FIGURES = (
     fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet,
-    fig_peer, fig_city_index, fig_city_map,
+    fig_fleet_view, fig_peer, fig_city_index, fig_city_map,
 )  # fmt: skip
 
 

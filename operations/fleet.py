@@ -93,6 +93,7 @@ import sys
 import threading
 import time
 import uuid
+from array import array
 from collections import deque
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -176,8 +177,8 @@ class SeqRuns:
     __slots__ = ("firsts", "lasts", "floor", "forgotten_gaps", "max_runs")
 
     def __init__(self, max_runs: int = MAX_SEQ_RANGES):
-        self.firsts: list[int] = []
-        self.lasts: list[int] = []
+        self.firsts = array("q")  # 8 bytes a seq, not a Python int's 36
+        self.lasts = array("q")
         self.floor = 0
         self.forgotten_gaps = 0
         self.max_runs = max_runs

@@ -191,7 +191,7 @@ def test_seq_runs_stay_bounded_and_count_what_they_forget():
     runs = fleet.SeqRuns(max_runs=4)
     for seq in [5, 1, 2, 3, 3, 4]:
         runs.add(seq)
-    assert (runs.firsts, runs.lasts, runs.missing()) == ([1], [5], 0)
+    assert (list(runs.firsts), list(runs.lasts), runs.missing()) == ([1], [5], 0)
     for seq in range(10, 40, 3):  # 10 runs with holes of 2
         runs.add(seq)
     assert len(runs.firsts) == 4
