@@ -860,7 +860,7 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m operations.fleet ...` until `edge-node fleet` is wired into the CLI."""
+    """`python -m operations.fleet ...`: `edge-node fleet ...` without the entry point."""
     parser = argparse.ArgumentParser(prog="edge-node")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)

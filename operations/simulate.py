@@ -551,7 +551,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edge_node.simulate ...` until `edge-node simulate` is wired into the CLI."""
+    """`python -m operations.simulate ...`: `edge-node simulate ...` without the entry point."""
     parser = argparse.ArgumentParser(prog="edge-node")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_node.config import load_config
+from sensors import components
 
 from .report import Report
 
@@ -111,9 +112,10 @@ def register(sub) -> None:
     p = _add(
         sub,
         "detect",
-        "find the sensors: BME280 on I2C, SDS011 on the serial ports, pulse inputs, host",
-        "Scan for the node's sensors and print the config tables for those found. "
-        "Pulse inputs listen for a hand-turned anemometer or a tipped bucket.",
+        "find the node's sensors on its I2C buses, serial ports and pulse inputs, and the host",
+        "Scan for the node's sensors and print the config tables for those found: "
+        + "; ".join(c.summary for c in components().values() if c.detect is not None)
+        + ". Pulse inputs listen for a hand-turned anemometer or a tipped bucket.",
     )
     _config_option(p)
     p.add_argument("--simulate", action="store_true", help="detect on a simulated node")
