@@ -42,6 +42,7 @@ from edge_node.store import SCHEMA, Store
 from operations.mosquitto import LocalBroker
 
 from . import peer
+from .city import fig_city
 from .city_map import fig_city_index, fig_city_map
 from .fleet import fig_fleet
 from .fleet_view import fig_fleet_view
@@ -743,7 +744,7 @@ def fig_peer(b: Bench) -> None:
 
 FIGURES = (
     fig_startup, fig_ingest, fig_idle_and_disk, fig_latency, fig_cpu, fig_node, fig_drain, fig_fleet,
-    fig_fleet_view, fig_peer, fig_city_index, fig_city_map,
+    fig_fleet_view, fig_peer, fig_city, fig_city_index, fig_city_map,
 )  # fmt: skip
 
 

@@ -64,6 +64,15 @@ class Database:
 
         return (psycopg.Error,)
 
+    @property
+    def integrity_errors(self) -> tuple[type[BaseException], ...]:
+        """A constraint refused a row (a key stored meanwhile by someone else)."""
+        if self.dialect == "sqlite":
+            return (sqlite3.IntegrityError,)
+        import psycopg
+
+        return (psycopg.IntegrityError,)
+
     def sql(self, statement: str) -> str:
         return statement.replace("%s", "?") if self.dialect == "sqlite" else statement
 

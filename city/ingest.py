@@ -107,6 +107,11 @@ def _dump(obj) -> str:
 
 
 FLAGS_THAT_DO_NOT_FLAG = {"clock_corrected"}
+READING_INSERT_COLUMNS = (
+    "node", "seq", "sensor", "ts", "values", "units", "quality", "flagged", "clock", "backfill", "meta",
+    "received_at",
+)  # fmt: skip
+VALUE_INSERT_COLUMNS = ("node", "seq", "quantity", "value", "unit", "ts", "flagged")
 
 
 class Storage:
@@ -176,16 +181,13 @@ class Storage:
             if data["state"] == "online":
                 for released in self._release(conn, node):
                     self._classify(released, quarantine, statuses, heartbeats, readings)
-        for node, data, message in heartbeats:
-            self._heartbeat(conn, node, data, message, now)
-            counts.heartbeats += 1
+        self._heartbeats(conn, heartbeats, now)
+        counts.heartbeats += len(heartbeats)
         by_node: dict[str, list[Reading]] = defaultdict(list)
         for r in readings:
             by_node[r.node].append(r)
         if by_node:
-            known = self._lock_nodes(conn, sorted(by_node))
-            for node in sorted(by_node):
-                self._readings(conn, node, by_node[node], known.get(node), now, counts, quarantine)
+            self._store_readings(conn, by_node, now, counts, quarantine)
         self._quarantine(conn, quarantine, now, counts)
         return counts
 
@@ -228,9 +230,9 @@ class Storage:
             for _, at, topic, payload in rows
         ]
 
-    def _heartbeat(self, conn, node: str, data: dict, message: Message, now: str) -> None:
+    def _heartbeats(self, conn, heartbeats: list, now: str) -> None:
         # Only a newer heartbeat replaces the stored one (workers and redeliveries race).
-        self.db.execute(
+        self.db.executemany(
             conn,
             "INSERT INTO nodes (node, heartbeat, heartbeat_ts, heartbeat_at, backlog, dropped)"
             " VALUES (%s, %s, %s, %s, %s, %s)"
@@ -238,7 +240,10 @@ class Storage:
             " heartbeat_ts = excluded.heartbeat_ts, heartbeat_at = excluded.heartbeat_at,"
             " backlog = excluded.backlog, dropped = excluded.dropped"
             " WHERE nodes.heartbeat_ts IS NULL OR nodes.heartbeat_ts <= excluded.heartbeat_ts",
-            (node, _dump(data), data["ts"], now, int(data["backlog"]), int(data["dropped"])),
+            [
+                (node, _dump(data), data["ts"], now, int(data["backlog"]), int(data["dropped"]))
+                for node, data, _ in sorted(heartbeats, key=lambda h: (h[0], h[1]["ts"]))
+            ],
         )
 
     def _lock_nodes(self, conn, nodes: list[str]) -> dict[str, tuple]:
@@ -257,29 +262,77 @@ class Storage:
             found.update({row[0]: row[1:] for row in rows})
         return found
 
-    def _existing(self, conn, node: str, seqs: list[int]) -> dict[int, tuple[str, str]]:
+    def _existing(self, conn, pairs: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+        """Which of these (node, seq) are stored already, and as what (sensor, ts)."""
         found = {}
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ", ".join(["%s"] * len(chunk))
+        for start in range(0, len(pairs), 400):
+            chunk = pairs[start : start + 400]
+            marks = ", ".join(["(%s, %s)"] * len(chunk))
             rows = self.db.execute(
                 conn,
-                f"SELECT seq, sensor, ts FROM readings WHERE node = %s AND seq IN ({marks})",
-                [node, *chunk],
+                f"SELECT node, seq, sensor, ts FROM readings WHERE (node, seq) IN (VALUES {marks})",
+                [v for pair in chunk for v in pair],
             ).fetchall()
-            found.update({seq: (sensor, ts) for seq, sensor, ts in rows})
+            found.update({(node, seq): (sensor, ts) for node, seq, sensor, ts in rows})
         return found
 
-    def _readings(
-        self, conn, node, readings: list[Reading], known, now, counts: Counts, quarantine: list
-    ) -> None:
-        if known is None or known[0] is None:
-            for r in readings:
-                quarantine.append(
-                    (r.message, node, "no_status", f"seq {r.seq}: no status from {node} yet", r)
-                )
+    def _store_readings(
+        self, conn, by_node: dict[str, list[Reading]], now: str, counts: Counts, quarantine: list
+    ):
+        nodes = sorted(by_node)
+        known = self._lock_nodes(conn, nodes)
+        for node in nodes:
+            if node not in known or known[node][0] is None:
+                for r in by_node.pop(node):
+                    quarantine.append(
+                        (r.message, node, "no_status", f"seq {r.seq}: no status from {node} yet", r)
+                    )
+        # Every stored seq of a node lies in first_seq..last_seq: only those can be duplicates.
+        existing = self._existing(
+            conn,
+            [
+                (r.node, r.seq)
+                for node, rs in by_node.items()
+                if known[node][1] is not None
+                for r in rs
+                if known[node][1] <= r.seq <= known[node][2]
+            ],
+        )
+        reading_rows: list[tuple] = []
+        value_rows: list[tuple] = []
+        ranges: dict[str, tuple] = {}  # node -> (first, last, fresh seqs, newest ts)
+        for node in sorted(by_node):
+            _, first, last, newest_ts = known[node]
+            fresh = self._fresh(node, by_node[node], first, newest_ts, existing, counts, quarantine)
+            if not fresh:
+                continue
+            for r in fresh:
+                body = r.body
+                quality = body["quality"]
+                flagged = bool(set(quality) - FLAGS_THAT_DO_NOT_FLAG) or body.get("clock") == "unsynced"
+                meta = _dump(body["meta"]) if "meta" in body else None
+                values, units = _dump(body["values"]), _dump(r.units)
+                reading_rows.append(
+                    (node, r.seq, r.sensor, r.ts, values, units, _dump(quality), flagged, body.get("clock"),
+                     r.backfill, meta, now)
+                )  # fmt: skip
+                for quantity, value in body["values"].items():
+                    value_rows.append(
+                        (node, r.seq, quantity, float(value), r.units.get(quantity), r.ts, flagged)
+                    )
+            newest = max(r.ts for r in fresh)
+            ranges[node] = (first, last, [r.seq for r in fresh], max(newest, newest_ts or newest))
+        if not reading_rows:
             return
-        _, first, last, newest_ts = known
+        self._insert(conn, "readings", READING_INSERT_COLUMNS, reading_rows)
+        self._insert(conn, "reading_values", VALUE_INSERT_COLUMNS, value_rows)
+        counts.stored += len(reading_rows)
+        self._gaps(conn, ranges, now)
+
+    def _fresh(
+        self, node, readings: list[Reading], first, newest_ts, existing, counts, quarantine
+    ) -> list[Reading]:
+        """The readings of one node to store: not stored before, not a reset in disguise."""
         unique: dict[int, Reading] = {}
         for r in readings:
             twin = unique.get(r.seq)
@@ -292,20 +345,17 @@ class Storage:
                     f"seq {r.seq} is {twin.sensor} at {twin.ts} in the same batch, now {r.sensor} at {r.ts}"
                 )
                 quarantine.append((r.message, node, "seq_conflict", detail + " (buffer reset?)", r))
-        existing = self._existing(conn, node, sorted(unique))
         fresh: list[Reading] = []
         lowest, newest_epoch = first, None if newest_ts is None else _epoch(newest_ts)
         for seq in sorted(unique, reverse=True):  # from the top: what lies below must be older
             r = unique[seq]
-            if seq in existing:
-                if existing[seq] == (r.sensor, r.ts):
+            stored = existing.get((node, seq))
+            if stored is not None:
+                if stored == (r.sensor, r.ts):
                     counts.duplicates += 1
                 else:
-                    sensor, ts = existing[seq]
-                    detail = (
-                        f"seq {seq} is stored as {sensor} at {ts}, now {r.sensor} at {r.ts} (buffer reset?)"
-                    )
-                    quarantine.append((r.message, node, "seq_conflict", detail, r))
+                    detail = f"seq {seq} is stored as {stored[0]} at {stored[1]}, now {r.sensor} at {r.ts}"
+                    quarantine.append((r.message, node, "seq_conflict", detail + " (buffer reset?)", r))
                 continue
             read_at = _epoch(r.ts)
             if (
@@ -321,70 +371,63 @@ class Storage:
             fresh.append(r)
             lowest = seq if lowest is None else min(lowest, seq)
             newest_epoch = read_at if newest_epoch is None else max(newest_epoch, read_at)
-        if not fresh:
-            return
-        reading_rows, value_rows = [], []
-        for r in fresh:
-            body = r.body
-            quality = body["quality"]
-            flagged = bool(set(quality) - FLAGS_THAT_DO_NOT_FLAG) or body.get("clock") == "unsynced"
-            reading_rows.append(
-                (node, r.seq, r.sensor, r.ts, _dump(body["values"]), _dump(r.units), _dump(quality), flagged,
-                 body.get("clock"), r.backfill, _dump(body["meta"]) if "meta" in body else None, now)
-            )  # fmt: skip
-            for quantity, value in body["values"].items():
-                value_rows.append((node, r.seq, quantity, float(value), r.units.get(quantity), r.ts, flagged))
-        self.db.executemany(
-            conn,
-            'INSERT INTO readings (node, seq, sensor, ts, "values", units, quality, flagged, clock, backfill,'
-            " meta, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (node, seq) DO NOTHING",
-            reading_rows,
-        )
-        self.db.executemany(
-            conn,
-            "INSERT INTO reading_values (node, seq, quantity, value, unit, ts, flagged)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (node, seq, quantity) DO NOTHING",
-            value_rows,
-        )
-        counts.stored += len(fresh)
-        first, last = self._gaps(conn, node, first, last, [r.seq for r in fresh], now)
-        newest = max(r.ts for r in fresh)
-        if newest_ts is not None:
-            newest = max(newest, newest_ts)
-        self.db.execute(
-            conn,
-            "UPDATE nodes SET first_seq = %s, last_seq = %s, last_reading_ts = %s WHERE node = %s",
-            (first, last, newest, node),
-        )
+        return fresh
 
-    def _gaps(self, conn, node: str, first, last, seqs: list[int], now: str) -> tuple[int, int]:
-        """Open, shrink, split and close the node's gap rows for newly stored seqs; the new range."""
-        rows = self.db.execute(
-            conn,
-            "SELECT id, first_missing, last_missing, opened_at FROM gaps"
-            " WHERE node = %s AND closed_at IS NULL ORDER BY first_missing",
-            [node],
-        ).fetchall()
-        before = {row[0]: (row[1], row[2]) for row in rows}
-        stored = SeqRange(first, last, [Gap(a, b, i, t) for i, a, b, t in rows])
-        stored.add(seqs)
-        after = {g.id: g for g in stored.gaps if g.id is not None}
-        for gap_id, (a, b) in before.items():
-            if gap_id not in after:
-                self.db.execute(conn, "UPDATE gaps SET closed_at = %s WHERE id = %s", (now, gap_id))
-            elif (after[gap_id].first, after[gap_id].last) != (a, b):
-                self.db.execute(
-                    conn,
-                    "UPDATE gaps SET first_missing = %s, last_missing = %s WHERE id = %s",
-                    (after[gap_id].first, after[gap_id].last, gap_id),
-                )
+    def _insert(self, conn, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Rows known to be new (checked above, under the nodes' locks)."""
+        names = ", ".join(f'"{c}"' for c in columns)
+        if self.db.dialect == "postgresql":
+            with conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join(["%s"] * len(columns))
+            self.db.executemany(conn, f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+
+    def _gaps(self, conn, ranges: dict[str, tuple], now: str) -> None:
+        """Open, shrink, split and close gap rows for the newly stored seqs; each node's new range.
+        Only seqs inside a node's stored range fill a gap: for those nodes alone the open gap rows
+        are read."""
+        filling = [n for n, (first, last, seqs, _) in ranges.items() if first is not None and
+                   any(first < s < last for s in seqs)]  # fmt: skip
+        open_rows: dict[str, list[Gap]] = defaultdict(list)
+        for start in range(0, len(filling), 500):
+            chunk = filling[start : start + 500]
+            marks = ", ".join(["%s"] * len(chunk))
+            for gap_id, node, a, b, opened in self.db.execute(
+                conn,
+                "SELECT id, node, first_missing, last_missing, opened_at FROM gaps"
+                f" WHERE closed_at IS NULL AND node IN ({marks}) ORDER BY node, first_missing",
+                chunk,
+            ).fetchall():
+                open_rows[node].append(Gap(a, b, gap_id, opened))
+        closes, updates, inserts, node_rows = [], [], [], []
+        for node, (first, last, seqs, newest) in ranges.items():
+            before = {g.id: (g.first, g.last) for g in open_rows.get(node, [])}
+            stored = SeqRange(first, last, open_rows.get(node, []))
+            stored.add(seqs)
+            after = {g.id: g for g in stored.gaps if g.id is not None}
+            for gap_id, span in before.items():
+                if gap_id not in after:
+                    closes.append((now, gap_id))
+                elif (after[gap_id].first, after[gap_id].last) != span:
+                    updates.append((after[gap_id].first, after[gap_id].last, gap_id))
+            inserts.extend((node, g.first, g.last, g.opened_at or now) for g in stored.gaps if g.id is None)
+            node_rows.append((stored.first, stored.last, newest, node))
+        self.db.executemany(conn, "UPDATE gaps SET closed_at = %s WHERE id = %s", closes)
+        self.db.executemany(
+            conn, "UPDATE gaps SET first_missing = %s, last_missing = %s WHERE id = %s", updates
+        )
         self.db.executemany(
             conn,
             "INSERT INTO gaps (node, first_missing, last_missing, opened_at) VALUES (%s, %s, %s, %s)",
-            [(node, g.first, g.last, g.opened_at or now) for g in stored.gaps if g.id is None],
+            inserts,
         )
-        return stored.first, stored.last
+        self.db.executemany(
+            conn,
+            "UPDATE nodes SET first_seq = %s, last_seq = %s, last_reading_ts = %s WHERE node = %s",
+            node_rows,
+        )
 
     def _quarantine(self, conn, entries: list[tuple], now: str, counts: Counts) -> None:
         rows = []
@@ -593,12 +636,21 @@ class Writer:
         """Store `batch` in one transaction, retrying while the database is away. False only when
         asked to stop before it could be stored (then nothing of it is acknowledged)."""
         delay = 0.2
+        races = 0
         while True:
             try:
                 conn = self._connection()
                 with self.db.transaction(conn):
                     counts = self.storage.store(conn, batch)
             except (DatabaseError, *self.db.errors) as err:
+                if isinstance(err, self.db.integrity_errors) and races < 3:
+                    # Another worker stored some of these readings between our check and our insert
+                    # (a node resent them, the broker gave the copy to the other): check again.
+                    races += 1
+                    log.info(
+                        "readings of this batch were stored meanwhile by another worker; storing the rest"
+                    )
+                    continue
                 self._drop_connection()
                 if self.down_since is None:
                     self.down_since = time.monotonic()
