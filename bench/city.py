@@ -45,8 +45,8 @@ def iso(epoch: float) -> str:
 
 
 def status(i: int) -> tuple[str, bytes, bool]:
-    body = {"state": "online", "since": iso(time.time()), "version": "0.1.0", "boot_id": "b", "config_hash": "c",
-            "site": f"street {i}", "location": {"lat": 41.56 + i * 1e-4, "lon": 2.01}}  # fmt: skip
+    body = {"state": "online", "since": iso(time.time()), "version": "0.1.0", "boot_id": "b"}
+    body |= {"config_hash": "c", "site": f"street {i}", "location": {"lat": 41.56 + i * 1e-4, "lon": 2.01}}
     return f"{PREFIX}/{node_name(i)}/status", json.dumps(body).encode(), True
 
 
@@ -208,8 +208,13 @@ def fig_city(b) -> None:
                     results[name] = run_case(dsn, messages, expected, workers, case_dir, timeout=300)
                     print(f"{name}: {results[name]}", flush=True)
                     if engine == "postgresql" and workers == 1 and load == "backlog":
-                        small = export_rss_mb(dsn, "--format", "jsonl", "--from", iso(time.time() - HOUR - 60),
-                                              "--to", iso(time.time() - HOUR + 240))  # fmt: skip
+                        window = (
+                            "--from",
+                            iso(time.time() - HOUR - 60),
+                            "--to",
+                            iso(time.time() - HOUR + 240),
+                        )
+                        small = export_rss_mb(dsn, "--format", "jsonl", *window)
                         big = export_rss_mb(dsn, "--format", "jsonl")
                         results["export_rss_mb"] = {
                             "small_window": small,
@@ -228,9 +233,10 @@ def fig_city(b) -> None:
         return results.get(name, {}).get("readings_s")
 
     live_pg = rate("postgresql_1w_live")
+    kept_up = None if live_pg is None else int(live_pg / NOMINAL_RATE)
     b.add(
         "city_ingest_live_pg_1w", "ingest, live readings (1 a message), PostgreSQL, one worker", live_pg,
-        "readings/s", (">=", 3000), nodes_kept_up_with=None if live_pg is None else int(live_pg / NOMINAL_RATE),
+        "readings/s", (">=", 3000), nodes_kept_up_with=kept_up,
     )  # fmt: skip
     for name, title in (
         ("postgresql_2w_live", "ingest, live, PostgreSQL, two workers (--share)"),
