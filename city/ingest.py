@@ -45,7 +45,7 @@ from edge_node.broker_url import parse_broker_url, refuse_clear_password
 
 from .db import Database, DatabaseError, utc_now
 from .gaps import Gap, SeqRange
-from .validate import NODE_ID, Invalid, check, parse, ts_problem
+from .validate import NODE_ID, Invalid, check, epoch, parse, ts_problem
 
 log = logging.getLogger("city.ingest")
 
@@ -53,6 +53,9 @@ RECEIVE_MAXIMUM = 2000  # messages the broker may send before our PUBACKs (MQTT 
 SESSION_EXPIRY_S = 7 * 86400  # the broker keeps our session (and queues for us) a week
 RESET_MARGIN_S = 300.0  # a seq below all stored, read this much after the newest: a buffer reset
 STATS_EVERY_S = 30.0
+# A transaction holds its nodes' rows locked: some ten thousand readings at most, so that workers
+# sharing the load take turns on a node rather than queue behind one huge commit.
+TRANSACTION_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -99,7 +102,7 @@ def _iso(epoch: float) -> str:
 
 
 def _epoch(ts: str) -> float:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    return epoch(ts)
 
 
 def _dump(obj) -> str:
@@ -300,6 +303,7 @@ class Storage:
         )
         reading_rows: list[tuple] = []
         value_rows: list[tuple] = []
+        units_text: dict[int, str] = {}  # a batch's units, dumped once (readings share the object)
         ranges: dict[str, tuple] = {}  # node -> (first, last, fresh seqs, newest ts)
         for node in sorted(by_node):
             _, first, last, newest_ts = known[node]
@@ -311,11 +315,15 @@ class Storage:
                 quality = body["quality"]
                 flagged = bool(set(quality) - FLAGS_THAT_DO_NOT_FLAG) or body.get("clock") == "unsynced"
                 meta = _dump(body["meta"]) if "meta" in body else None
-                values, units = _dump(body["values"]), _dump(r.units)
+                values = _dump(body["values"])
+                units = units_text.get(id(r.units))
+                if units is None:
+                    units = units_text[id(r.units)] = _dump(r.units)
+                flags = _dump(quality) if quality else "[]"
+                clock = body.get("clock")
                 reading_rows.append(
-                    (node, r.seq, r.sensor, r.ts, values, units, _dump(quality), flagged, body.get("clock"),
-                     r.backfill, meta, now)
-                )  # fmt: skip
+                    (node, r.seq, r.sensor, r.ts, values, units, flags, flagged, clock, r.backfill, meta, now)
+                )
                 for quantity, value in body["values"].items():
                     value_rows.append(
                         (node, r.seq, quantity, float(value), r.units.get(quantity), r.ts, flagged)
@@ -593,15 +601,18 @@ class Consumer:
         return sent
 
 
-def _take(inbox: queue.Queue, limit: int, wait: float) -> list[Message]:
+def _take(inbox: queue.Queue, limit: int, wait: float, max_bytes: int = TRANSACTION_BYTES) -> list[Message]:
+    """Up to `limit` messages or about `max_bytes` of payload: one transaction's worth."""
     try:
         batch = [inbox.get(timeout=wait)]
     except queue.Empty:
         return []
+    size = len(batch[0].payload)
     deadline = time.monotonic() + 0.02  # let a burst fill the transaction
-    while len(batch) < limit:
+    while len(batch) < limit and size < max_bytes:
         try:
             batch.append(inbox.get_nowait())
+            size += len(batch[-1].payload)
         except queue.Empty:
             if time.monotonic() >= deadline:
                 break
