@@ -8,7 +8,7 @@ import os
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers import BusError, Driver, SensorFault, SensorNotFound
@@ -69,6 +69,7 @@ def _feed_in_pieces(parser, data: bytes, cuts: list[int]) -> list:
     return out
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into a failure
 @given(st.lists(st.tuples(noise, st.one_of(data_frames, replies)), max_size=10), st.lists(words, max_size=6))
 def test_valid_frames_hidden_in_noise_come_out_exactly(pieces, cuts):
     stream = b"".join(
@@ -77,6 +78,7 @@ def test_valid_frames_hidden_in_noise_come_out_exactly(pieces, cuts):
     assert _feed_in_pieces(FrameParser(), stream, cuts) == [f for _, f in pieces]
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into a failure
 @given(
     st.lists(
         st.tuples(data_frames, st.sampled_from(["good", "checksum", "byte", "length", "cut"]), st.data()),
@@ -105,6 +107,7 @@ def test_damaged_frames_never_yield_and_do_not_hide_the_good_ones(items):
     assert all(any(g == e for g in it) for e in expected)
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into a failure
 @given(data_frames)
 def test_adafruits_decoder_reads_our_frames_as_we_do(frame):
     from adafruit_pm25 import PM25
@@ -130,6 +133,7 @@ def test_adafruits_decoder_reads_our_frames_as_we_do(frame):
     ]
 
 
+@settings(deadline=None)  # a loaded CI box must not turn slowness into a failure
 @given(st.sampled_from([READ_PASSIVE, CHANGE_MODE, SLEEP_WAKE]), st.integers(0, 1), noise)
 def test_commands_round_trip_through_the_command_parser(command, value, junk):
     from sensors.pms5003.protocol import encode_command
