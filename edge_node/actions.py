@@ -46,7 +46,39 @@ def rollback(remote, args: dict, envelope: dict) -> dict:
 
 
 def show(remote, args: dict, envelope: dict) -> dict:
-    return {"ok": True, "state": "done", "config_hash": remote.config.config_hash, "config": remote.status()}
+    return {
+        "ok": True,
+        "state": "done",
+        "config_hash": remote.config.config_hash,
+        "config": remote.status(),
+        "node_key": remote.node_key(),  # what an operator seals a new secret to (rotate-password)
+    }
+
+
+def rotate_password(remote, args: dict, envelope: dict) -> dict:
+    """A new broker password, sealed to this node's key inside the signed envelope: written to
+    the state directory (0600) and tried as a config change, so that it is kept only if the
+    broker accepts it (connected within remote.confirm_s), else the old one comes back."""
+    from .remote import NODE_KEY_FILE, SECRET_PREFIX, write_secret
+    from .signing import decrypt_secret
+
+    if remote.config.broker.username is None:
+        raise CommandRefused("broker.username is not set: this node has no password to rotate")
+    sealed = args.get("secret")
+    if not isinstance(sealed, str) or len(sealed) > 1024:
+        raise CommandRefused("args.secret must be the new password sealed to this node's key")
+    try:
+        secret = decrypt_secret(remote.state_dir / NODE_KEY_FILE, sealed).decode("utf-8")
+    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raise CommandRefused(f"args.secret: {err}") from None
+    if not secret or len(secret) > 256 or not secret.isprintable():
+        raise CommandRefused("the new password must be 1..256 printable characters")
+    path = remote.state_dir / f"{SECRET_PREFIX}{envelope['id']}"
+    write_secret(path, secret)
+    layer = remote.layer()["values"]
+    return remote.change_layer(
+        envelope, {**layer, "broker.password_file": str(path)}, may_set=("broker.password_file",)
+    )
 
 
 def restart(remote, args: dict, envelope: dict) -> dict:
@@ -100,4 +132,5 @@ HANDLERS = {
     "restart": restart,
     "selftest": selftest,
     "detect": detect,
+    "rotate-password": rotate_password,
 }

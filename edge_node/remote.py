@@ -42,12 +42,15 @@ log = logging.getLogger(__name__)
 LAYER_FILE = "remote-layer.json"
 PENDING_FILE = "remote-pending.json"
 SEEN_FILE = "commands-seen.json"
+NODE_KEY_FILE = "node-key.pem"  # the node's X25519 key pair: secrets sent to it (edge_node.signing)
+SECRET_PREFIX = "broker-secret-"  # a rotated broker password, named by the command that sent it
 MAX_VALIDITY_S = 7 * 86400  # an envelope may not be valid longer: bounds what is remembered
 MAX_SEEN = 10_000
 COMMAND_ID = re.compile(r"[A-Za-z0-9_.-]{8,64}")
 LOCKED_KEYS = {  # what a remote change may not touch, and why
     "node.id": "the node's identity is set at provisioning",
     "buffer.path": "moving the buffer would strand its backlog",
+    "broker.password_file": "a password is changed by rotate-password, sealed to the node",
 }
 RESTART_DELAY_S = 0.5  # lets the reply go out before the pipeline stops
 MAX_STARTS_PENDING = 2  # a change that has seen this many starts unconfirmed is rolled back
@@ -67,6 +70,14 @@ def write_json_durably(path: Path, data: dict) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _read_json(path: Path) -> dict | None:
@@ -182,6 +193,20 @@ class NodeRemote:
     def pending(self) -> dict | None:
         return _read_json(self.pending_path)
 
+    def node_key(self) -> str:
+        """This node's public key for secrets (`x25519:...`), its key pair made on first use."""
+        from .signing import node_key
+
+        return node_key(self.state_dir / NODE_KEY_FILE)
+
+    def _prune_secrets(self) -> None:
+        """Rotated passwords no layer points at any more: a rolled-back one, or the one before."""
+        in_use = self.layer()["values"].get("broker.password_file")
+        for path in self.state_dir.glob(SECRET_PREFIX + "*"):
+            if str(path) != in_use:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     # -- the pipeline's runs --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -281,6 +306,7 @@ class NodeRemote:
         with contextlib.suppress(FileNotFoundError):
             self.pending_path.unlink()
         log.info("configuration %s confirmed (command %s)", self.config.config_hash, pending.get("id"))
+        self._prune_secrets()
         self._reply(pending, {"ok": True, "state": "confirmed", "config_hash": self.config.config_hash})
 
     def _rollback(self, pending: dict, reason: str) -> None:
@@ -293,6 +319,7 @@ class NodeRemote:
         write_json_durably(self.layer_path, layer)
         with contextlib.suppress(FileNotFoundError):
             self.pending_path.unlink()
+        self._prune_secrets()
         log.error("config_rolled_back: %s", reason)
         reply = {"ok": False, "state": "rolled_back", "error": f"config_rolled_back: {reason}"[:400]}
         if pending.get("previous_hash"):
@@ -400,14 +427,16 @@ class NodeRemote:
 
     # -- changing the layer (used by the actions) -----------------------------------------------
 
-    def change_layer(self, envelope: dict, values: dict) -> dict:
-        """Validate `values` as the new remote layer and apply it; the reply's fields."""
+    def change_layer(self, envelope: dict, values: dict, *, may_set: tuple[str, ...] = ()) -> dict:
+        """Validate `values` as the new remote layer and apply it; the reply's fields. Keys in
+        LOCKED_KEYS may not be given a new value, except those in `may_set`."""
         if (pending := self.pending()) is not None:
             raise CommandRefused(f"change {pending.get('id')} is still being confirmed: try again later")
         current = self.layer()
-        for key in values:
+        changed = [k for k, v in values.items() if k not in current["values"] or current["values"][k] != v]
+        for key in changed:
             for locked, why in LOCKED_KEYS.items():
-                if key == locked or key.startswith(locked + "."):
+                if (key == locked or key.startswith(locked + ".")) and locked not in may_set:
                     raise CommandRefused(f"{key}: cannot be changed remotely ({why})")
         try:
             new = load_layered(self.config_path, values) if values else load_config(self.config_path)

@@ -13,6 +13,10 @@ The API, for every user of it:
 - `unseal(sealed, trusted_keys) -> dict`: the document, or `SignatureError` saying why not
   (`unsigned`, `untrusted key`, `bad signature`).
 - `parse_public_key(text) -> bytes`: the 32 raw bytes of an `ed25519:...` line, or ValueError.
+- Secrets for one node (a new broker password): `node_key(path) -> "x25519:..."` (the node's
+  key pair, made on first use), `encrypt_secret(node_public, bytes) -> str` on the operator's
+  side, `decrypt_secret(path, str) -> bytes` on the node's. The sealed secret travels inside a
+  signed envelope, so it is both private to the node and from a trusted operator.
 """
 
 from __future__ import annotations
@@ -126,3 +130,80 @@ def unseal(sealed, trusted_keys: Iterable[str]) -> dict:
     if not isinstance(document, dict):
         raise SignatureError("malformed envelope: the signed body is not a JSON object")
     return document
+
+
+# -- secrets for one node: X25519 + HKDF-SHA256 + ChaCha20-Poly1305 (a "sealed box") -------------
+
+NODE_KEY_PREFIX = "x25519:"
+_SECRET_INFO = b"edge-node secret v1"
+
+
+def node_key(path: str | os.PathLike[str]) -> str:
+    """The node's own key pair for secrets sent to it (made here, 0600, if there is none yet);
+    returns its public key `x25519:BASE64`, which the node tells a trusted operator."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        key = X25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+            file.flush()
+            os.fsync(file.fileno())
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return NODE_KEY_PREFIX + base64.b64encode(raw).decode()
+
+
+def _secret_cipher(shared: bytes, ephemeral: bytes, recipient: bytes):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = HKDF(hashes.SHA256(), 32, salt=ephemeral + recipient, info=_SECRET_INFO).derive(shared)
+    return ChaCha20Poly1305(key)
+
+
+def encrypt_secret(recipient_public: str, secret: bytes) -> str:
+    """`secret` readable only by the holder of `recipient_public`'s private key (base64 text)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    if not recipient_public.startswith(NODE_KEY_PREFIX):
+        raise ValueError(f"a node key is {NODE_KEY_PREFIX}BASE64")
+    recipient = base64.b64decode(recipient_public[len(NODE_KEY_PREFIX) :], validate=True)
+    ephemeral_key = X25519PrivateKey.generate()
+    ephemeral = ephemeral_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    shared = ephemeral_key.exchange(X25519PublicKey.from_public_bytes(recipient))
+    nonce = os.urandom(12)
+    sealed = _secret_cipher(shared, ephemeral, recipient).encrypt(nonce, secret, None)
+    return base64.b64encode(ephemeral + nonce + sealed).decode()
+
+
+def decrypt_secret(private_path: str | os.PathLike[str], token: str) -> bytes:
+    """The secret `encrypt_secret` sealed for this node; ValueError if it was not, or was altered."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    try:
+        data = base64.b64decode(token, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the secret is not base64") from None
+    if len(data) < 32 + 12 + 16:
+        raise ValueError("the secret is too short to be sealed")
+    key = serialization.load_pem_private_key(Path(private_path).read_bytes(), password=None)
+    ephemeral, nonce, sealed = data[:32], data[32:44], data[44:]
+    recipient = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    shared = key.exchange(X25519PublicKey.from_public_bytes(ephemeral))
+    try:
+        return _secret_cipher(shared, ephemeral, recipient).decrypt(nonce, sealed, None)
+    except InvalidTag:
+        raise ValueError("the secret was not sealed for this node's key, or was altered") from None

@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from edge_node.config import NODE_ID_PATTERN
 
 DEFAULT_PREFIX = "city/terrassa/nodes"
-CHANGES = ("set", "unset", "rollback")
-ACTIONS = ("set", "unset", "show", "rollback", "selftest", "detect", "restart")
+CHANGES = ("set", "unset", "rollback", "rotate-password")
 MAX_MESSAGE_BYTES = 65_536
 NODE_ID = re.compile(NODE_ID_PATTERN)
 CONFIRM_MARGIN_S = 30.0  # beyond the node's confirm_s, for its restart and the network
@@ -187,16 +186,19 @@ def stage_sizes(stages: list[tuple[int, bool]], total: int) -> list[int]:
 
 class Rollout:
     def __init__(
-        self, args: argparse.Namespace, watch: FleetWatch, client, signer, command: str, cmd_args: dict
-    ):
+        self, args: argparse.Namespace, watch: FleetWatch, client, signer, command: str, cmd_args: dict, *,
+        args_for=None,
+    ):  # fmt: skip
         self.args, self.watch, self.client, self.signer = args, watch, client, signer
         self.command, self.cmd_args = command, cmd_args
+        self.args_for = args_for  # node -> its own args (a secret sealed to each node's key)
         self.runs: dict[str, NodeRun] = {}
         self.stopped_at: str | None = None  # the node whose failure left later stages unstarted
         self.halted = False
 
     def send(self, run: NodeRun, *, retain: bool = False) -> None:
-        doc = envelope(self.command, self.cmd_args, run.node, self.args.valid)
+        cmd_args = self.args_for(run.node) if self.args_for else self.cmd_args
+        doc = envelope(self.command, cmd_args, run.node, self.args.valid)
         run.command_id = doc["id"]
         self.watch.expect(doc["id"])
         sealed = json.dumps(self.signer.seal(doc)).encode()
@@ -409,6 +411,13 @@ def register(sub) -> None:
     s.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     u = actions.add_parser("unset", help="drop keys from the remote layer (back to the base file's)")
     u.add_argument("keys", nargs="+", metavar="KEY")
+    r = actions.add_parser(
+        "rotate-password",
+        help="a new broker password for each node, sealed to its key; kept only if the broker accepts it",
+    )
+    r.add_argument(
+        "--secret-file", required=True, metavar="F", help="the new password (register it on the broker first)"
+    )
     for name, text in (
         ("show", "the base, the remote layer and the running config hash"),
         ("rollback", "back to the technician's file (an empty remote layer)"),
@@ -435,6 +444,32 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotation(args, watch, client, signer, online, offline, progress) -> Rollout:
+    """`show` to learn each online node's key, then the password sealed to each. An offline node
+    is left for a later run: its key, and whether it still has the old password, are unknown."""
+    with open(args.secret_file, encoding="utf-8") as f:
+        secret = f.read().rstrip("\r\n")
+    from edge_node.signing import encrypt_secret
+
+    asking = Rollout(
+        argparse.Namespace(**{**vars(args), "stages": None, "soak": 0}), watch, client, signer, "show", {}
+    )
+    asking.run(online, [], progress)
+    keys = {n: r.reply.get("node_key") for n, r in asking.runs.items() if r.result == "ok" and r.reply}
+    rotation = Rollout(
+        args, watch, client, signer, "rotate-password", {},
+        args_for=lambda node: {"secret": encrypt_secret(keys[node], secret.encode())},
+    )  # fmt: skip
+    rotation.run([n for n in online if keys.get(n)], [], progress)
+    for node in online:
+        if not keys.get(node):
+            detail = asking.runs[node].detail if node in asking.runs else ""
+            rotation.runs[node] = NodeRun(node, None, result="failed", detail=f"its key is unknown: {detail}")
+    for node in offline:
+        rotation.runs[node] = NodeRun(node, None, detail="offline: rotate it when it is back")
+    return rotation
+
+
 def _command(args: argparse.Namespace) -> tuple[str, dict]:
     if args.action == "set":
         values = dict(parse_assignment(a) for a in args.assignments)
@@ -452,6 +487,10 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         command, cmd_args = _command(args)
+        if command == "rotate-password":
+            with open(args.secret_file, encoding="utf-8") as f:
+                if not f.read().strip():
+                    raise ValueError(f"--secret-file {args.secret_file}: empty")
         parse_stages(args.stages)
         if min(args.soak, args.timeout, args.listen) < 0 or args.valid <= 0:
             raise ValueError("--soak, --timeout and --listen must be >= 0, --valid > 0")
@@ -488,8 +527,11 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
             return 1
         online = [n for n in targets if known[n].get("state") == "online"]
         offline = [n for n in targets if n not in online]
-        rollout = Rollout(args, watch, client, signer, command, cmd_args)
-        rollout.run(online, offline, progress_printer(err))
+        if command == "rotate-password":
+            rollout = _rotation(args, watch, client, signer, online, offline, progress_printer(err))
+        else:
+            rollout = Rollout(args, watch, client, signer, command, cmd_args)
+            rollout.run(online, offline, progress_printer(err))
         report = rollout.report()
     finally:
         client.loop_stop()

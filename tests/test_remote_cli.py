@@ -144,3 +144,76 @@ def test_an_offline_node_receives_the_change_when_it_returns(
     rec.wait_for(lambda: gaps(rec.seqs()) == [] and max(rec.seqs()) > 6, what="readings")
     for reply in replies():
         jsonschema.validate(reply, schemas.load("reply"))
+
+
+def test_rotate_password_keeps_the_new_password_only_if_the_broker_accepts_it(
+    tmp_path, recorder_factory, daemons, operator_key
+):
+    from operations.mosquitto import LocalBroker
+
+    key, public = operator_key
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "sim-rot", "old-secret"], check=True)
+    conf = f"password_file {passwd}\nallow_anonymous true\n"  # the operator's tool connects anonymously
+    with LocalBroker(extra_conf=conf, workdir=str(tmp_path / "broker")) as broker:
+        rec = recorder_factory(broker.port)
+        secret = tmp_path / "node-secret"
+        secret.write_text("old-secret\n")
+        config = write_config(tmp_path, broker.url, node_id="sim-rot")
+        config.write_text(
+            config.read_text().replace(
+                "keepalive_s = 5",
+                f'keepalive_s = 5\nusername = "sim-rot"\npassword_file = "{secret}"\nallow_insecure = true',
+            )
+            + f'\n[remote]\ntrusted_keys = ["{public}"]\nconfirm_s = 8\n'
+        )
+        daemons.append(start_daemon(config))
+        rec.wait_seq(2)
+
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-registered-on-the-broker\n")
+        refused = remote(
+            broker, key, "--json", "rotate-password", "--secret-file", str(wrong), nodes="sim-rot"
+        )
+        assert refused.returncode == 1, refused.stderr
+        [node] = json.loads(refused.stdout)["nodes"]
+        assert node["result"] == "failed" and "config_rolled_back" in node["detail"]
+        rec.wait_for(
+            lambda: rec.payloads("/status")[-1]["state"] == "online", what="back on the old password"
+        )
+
+        # Mosquitto keeps one password per user: the node is sent the new one first, and the
+        # broker's is switched while the node tries it (within its confirm_s).
+        new = tmp_path / "new"
+        new.write_text("new-secret\n")
+        rotating = subprocess.Popen(
+            [sys.executable, "-m", "edge_node.cli", "remote", "--broker", broker.url, "--key", str(key),
+             "--nodes", "sim-rot", "--listen", "1", "--json", "rotate-password", "--secret-file", str(new)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        rec.wait_for(
+            lambda: [r for r in rec.payloads("/cmd/rotate-password/reply") if r.get("state") == "applying"][
+                1:
+            ],
+            what="the second rotation applying",
+        )
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), "sim-rot", "new-secret"], check=True)
+        broker.proc.send_signal(signal.SIGHUP)
+        out, err = rotating.communicate(timeout=60)
+        assert rotating.returncode == 0, out + err
+        state = tmp_path / "state"
+        layer = json.loads((state / "remote-layer.json").read_text())
+        kept = layer["values"]["broker.password_file"]
+        assert open(kept).read() == "new-secret\n" and stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+        assert [p.name for p in state.glob("broker-secret-*")] == [
+            os.path.basename(kept)
+        ]  # the wrong one went
+        assert secret.read_text() == "old-secret\n"  # the technician's file is untouched
+        assert (
+            "new-secret" not in out
+            and b"new-secret" not in (state / "remote-layer.json").read_bytes()
+        )
+        seq = max(rec.seqs())
+        rec.wait_for(
+            lambda: gaps(rec.seqs()) == [] and max(rec.seqs()) > seq + 2, what="readings on the new password"
+        )
