@@ -65,6 +65,19 @@ def wait_reply(rec, cmd, command_id, state=None, timeout=20):
     return found()[-1]
 
 
+def wait_listening(rec, broker, timeout=15):
+    """Until the node answers a ping: it says `online` a moment before it subscribes to commands."""
+    for _ in range(int(timeout)):
+        answered = len(rec.payloads("/cmd/ping/reply"))
+        send(broker, "ping", b"")
+        try:
+            rec.wait_for(lambda n=answered: len(rec.payloads("/cmd/ping/reply")) > n, timeout=1, what="pong")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("the node never answered a ping")
+
+
 def last_heartbeat(rec):
     return rec.payloads("/heartbeat")[-1]
 
@@ -135,6 +148,7 @@ def test_every_unsafe_command_is_refused_with_a_reason_and_changes_nothing(
     assert daemons[0].wait(15) == 0
     daemons.append(start_daemon(config))
     rec.wait_for(lambda: [s for s in rec.payloads("/status") if s["state"] == "online"][1:], what="restart")
+    wait_listening(rec, broker)
     send(broker, "show", shown)
     rec.wait_for(
         lambda: len(replies(rec, "show", first_id)) == 3, what="the replay's refusal after a restart"
