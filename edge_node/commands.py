@@ -24,11 +24,27 @@ from .clock import format_ts
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 8192  # a signed envelope with a few config keys fits in a quarter of this
+MAX_INCOMING_PACKET = 16_384  # MQTT 5: the broker drops anything larger before it reaches the node
 MAX_NAME_CHARS = 32
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 REPLIES_PER_WINDOW = 20  # a flood gets this many replies per window; the rest are counted as dropped
 REPLY_WINDOW_S = 2.0
 LOG_INTERVAL_S = 60.0  # at most one log line per kind of refusal per this long
+
+
+def connect_properties(protocol: str):
+    """CONNECT properties that bound what the node receives: under MQTT 5 a Maximum Packet Size,
+    so a 16 MiB command is dropped by the broker instead of being read whole into the node's
+    memory (paho reads a packet entirely before anyone can look at it). None under MQTT 3.1.1,
+    which has no such thing: there the size check in `handle` comes after the allocation."""
+    if protocol != "5":
+        return None
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = MAX_INCOMING_PACKET
+    return properties
 
 
 class RateLimitedLog:

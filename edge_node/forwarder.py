@@ -40,7 +40,7 @@ from .acked_client import (
 )
 from .broker_connection import BrokerConnection
 from .clock import boot_id, boottime, clock_synced, format_ts
-from .commands import CommandHandler
+from .commands import CommandHandler, connect_properties
 from .config import BrokerConfig, ForwardConfig
 from .health import Health
 from .payloads import MAX_PAYLOAD_BYTES, ClockView, batch_payload, group_batches
@@ -236,6 +236,7 @@ class Forwarder:
             timeout=publish_timeout(b),
             max_inflight_messages=self.forward.max_inflight,  # paho's own cap (20) must not be tighter
             max_queued_incoming_messages=100,  # a flood of commands must not grow memory
+            properties=connect_properties(self.protocol),  # oversize commands stay at the broker
         )
         client.pending_calls_threshold = self.forward.max_inflight + 20
         return client
