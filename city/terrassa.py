@@ -67,17 +67,27 @@ def _along(axis: tuple[tuple[float, float], ...], fraction: float) -> tuple[floa
     return axis[-1]
 
 
-def placement(index: int, count: int) -> tuple[float, float, str]:
-    """Where simulated node `index` of `count` stands: (lat, lon, site).
+def _van_der_corput(k: int) -> float:
+    """0.5, 0.25, 0.75, 0.125, 0.375, ...: each new point halves the largest gap left."""
+    fraction, denominator = 0.0, 1.0
+    while k:
+        denominator *= 2
+        k, bit = divmod(k, 2)
+        fraction += bit / denominator
+    return fraction
 
-    Nodes go round the streets (node 0 on the first street, node 1 on the second, ...), each
-    street's nodes spread evenly along it, so any fleet size covers the whole town.
+
+def placement(index: int) -> tuple[float, float, str]:
+    """Where simulated node `index` (from 0) stands: (lat, lon, site).
+
+    Nodes go round the streets (node 0 on the first street, node 1 on the second, ...); on each
+    street the n-th node halves the largest gap its street's earlier nodes left. A node's spot
+    depends on its index alone, so two fleets side by side (`simulate --street-offset`) never
+    share one, and any fleet size covers the whole town.
     """
     street = STREETS[index % len(STREETS)]
-    on_street = (count - 1 - index % len(STREETS)) // len(STREETS) + 1 if count > 0 else 1
     position = index // len(STREETS)
-    fraction = (position + 0.5) / max(on_street, 1)
-    lat, lon = _along(street.axis, min(fraction, 1.0))
+    lat, lon = _along(street.axis, _van_der_corput(position + 1))
     number = 2 + 2 * (position * 7 % 60)
     return round(lat, 6), round(lon, 6), f"{street.name} {number}, {street.area}"
 

@@ -201,8 +201,7 @@ def node_config_text(spec: NodeSpec, opts: FleetOptions, buffer: Path) -> str:
     site = f"simulated fleet node {spec.index}"
     location = []
     if opts.place:
-        spots = opts.nodes + opts.street_offset
-        lat, lon, site = terrassa.placement(opts.street_offset + spec.index - 1, spots)
+        lat, lon, site = terrassa.placement(opts.street_offset + spec.index - 1)
         location = [f"location = {{ lat = {lat}, lon = {lon} }}"]
     lines = [
         "[node]",

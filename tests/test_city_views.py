@@ -72,13 +72,13 @@ def test_the_city_summary_counts_nodes_and_names_the_worst_areas():
 
 
 def test_a_node_outside_the_listed_areas_falls_in_the_nearest_neighbourhood():
-    lat, lon, site = terrassa.placement(4, 20)
+    lat, lon, site = terrassa.placement(4)
     assert Areas().area_of("x", lat, lon) == site.rsplit(", ", 1)[1]
     assert Areas().area_of("x", None, None) == "unplaced"
 
 
 def test_every_simulated_node_stands_on_a_street_of_terrassa():
-    spots = {terrassa.placement(i, 300)[:2] for i in range(300)}
+    spots = {terrassa.placement(i)[:2] for i in range(300)}
     assert len(spots) == 300  # no two on the same spot
     lats = [p[0] for p in spots]
     lons = [p[1] for p in spots]

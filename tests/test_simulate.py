@@ -202,3 +202,35 @@ def test_module_entry_point_sigterm(broker, recorder_factory, tmp_path):
 
 def test_cli_simulate_sigterm(broker, recorder_factory, tmp_path):
     _sigterm_stops_cleanly(["edge_node", "simulate"], broker, recorder_factory, tmp_path)
+
+
+def test_every_simulated_node_stands_on_a_street_of_terrassa_with_its_history(tmp_path):
+    from city import terrassa
+    from edge_node.store import Store
+
+    opts = FleetOptions(nodes=16, broker_url="mqtt://127.0.0.1:1883", sensors=("bme280", "sds011"),
+                        faults=("sim-002:bme280=fog",), history_h=1, interval_s=60)  # fmt: skip
+    configs = build_configs(opts, tmp_path / "w")
+    streets = {street.name for street in terrassa.STREETS}
+    spots = set()
+    for _spec, cfg in configs:
+        assert cfg.node.lat is not None and cfg.node.lon is not None
+        address, area = cfg.node.site.split(", ")  # "Rambla d'Ègara 2", "Centre"
+        assert address.rsplit(" ", 1)[0] in streets and area in terrassa.AREAS, cfg.node.site
+        spots.add((cfg.node.lat, cfg.node.lon))
+    assert len(spots) == 16
+    # An hour of each sensor's readings waits in every buffer, sent as backfill once it runs.
+    fog = Store(tmp_path / "w" / "sim-002" / "buffer.db", max_rows=10**6, max_bytes=10**9, sync_interval_s=10)
+    fog.open()
+    try:
+        rows = fog.fetch(0, limit=1000)
+    finally:
+        fog.close()
+    assert len(rows) == 2 * 60
+    pm = [json.loads(r.body) for r in rows if r.sensor == "sds011"]
+    assert all(r["quality"] == ["high_humidity"] for r in pm)  # the fog node's past is foggy too
+    assert all(r["values"]["pm2_5_corrected"] < r["values"]["pm2_5"] for r in pm)
+    unplaced = build_configs(
+        FleetOptions(nodes=1, broker_url="mqtt://127.0.0.1:1883", place=False), tmp_path / "u"
+    )
+    assert unplaced[0][1].node.lat is None
