@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: test test-long demo demo-fleet bench bench-peer lint system-deps clean demo-city
+.PHONY: test test-long demo demo-fleet bench bench-peer lint system-deps clean demo-city vendor-leaflet
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -79,3 +79,13 @@ demo-fleet: $(STAMP) system-deps
 # Mosquitto and ingest into a database, `edge-node serve` with the map, opened in the browser.
 demo-city: $(STAMP) system-deps
 	$(PY) -m operations.democity
+
+# The map's Leaflet, fetched again from the npm registry and checked against the tarball shipped
+# (city/static/vendor/leaflet/VENDORED.md); the page itself never fetches anything.
+LEAFLET_SHA256 = 84c65a256e50657896f54c33bd857b6849ebe94c817803be818bf32a3dde0b77
+vendor-leaflet:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack leaflet@1.9.4 --silent >/dev/null && \
+	  echo "$(LEAFLET_SHA256)  leaflet-1.9.4.tgz" | sha256sum -c --quiet && tar xzf leaflet-1.9.4.tgz && \
+	  cp package/dist/leaflet.js package/dist/leaflet.css package/LICENSE $(CURDIR)/city/static/vendor/leaflet/ && \
+	  cp package/dist/images/*.png $(CURDIR)/city/static/vendor/leaflet/images/ && rm -rf $$tmp && \
+	  echo "city/static/vendor/leaflet: Leaflet 1.9.4 from npm, checksum verified"

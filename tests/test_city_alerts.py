@@ -291,3 +291,24 @@ def test_a_bad_rules_file_stops_alerts_with_one_line_and_exit_2(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"edge-node alerts: {rules}: alert[0] (x).clear_at: must not be above raise_at (hysteresis: 9 > 5)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--tiles", "tiles.example/{z}"], "--tiles: must be an http(s) URL or a path with {z}/{x}/{y}"),
+        (["--alerts", "missing.toml"], "missing.toml: cannot read: No such file or directory"),
+    ],
+)
+def test_serve_refuses_a_bad_map_option_with_one_line_and_exit_2(tmp_path, option, message):
+    command = ["serve", "--db", f"sqlite:///{tmp_path}/c.db", "--port", "0", *option]
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("edge-node serve: ") and message in line
