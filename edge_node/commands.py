@@ -24,7 +24,7 @@ from .clock import format_ts
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 8192  # a signed envelope with a few config keys fits in a quarter of this
-MAX_INCOMING_PACKET = 16_384  # MQTT 5: the broker drops anything larger before it reaches the node
+MAX_INCOMING_PACKET = 256 * 1024  # MQTT 5: larger never reaches the node; up to it, refused with a reply
 MAX_NAME_CHARS = 32
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 REPLIES_PER_WINDOW = 20  # a flood gets this many replies per window; the rest are counted as dropped
