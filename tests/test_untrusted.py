@@ -107,7 +107,7 @@ def _assert_outputs_clean(f: fleet.Fleet) -> None:
         assert all(ch.isprintable() or ch == "\n" for ch in text)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(heartbeat_like, json_values))
 def test_heartbeat_parser_takes_any_json(value):
     try:
@@ -123,7 +123,7 @@ def test_heartbeat_parser_takes_any_json(value):
     _assert_outputs_clean(f)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(
         st.fixed_dictionaries(
@@ -143,7 +143,7 @@ def test_status_parser_takes_any_json(value):
     assert record.state in ("online", "offline") and record.reason in (None, "lost", "shutdown")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(
         st.fixed_dictionaries(
