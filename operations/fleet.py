@@ -677,7 +677,11 @@ def serve_prometheus(fleet: Fleet, port: int, host: str = "127.0.0.1") -> Thread
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404)
                 return
-            body = prometheus(fleet.rows(), fleet).encode()
+            try:
+                body = prometheus(fleet.rows(), fleet).encode()
+            except Exception as err:  # a bug: one failed scrape, no traceback on the service's stderr
+                self.send_error(500, explain=type(err).__name__)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

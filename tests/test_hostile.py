@@ -7,7 +7,7 @@ holds. In the topic and payload, `<prefix>` is the case's own topic prefix, `<no
 `<i>` / `<2i>` the repeat index (or twice it), `<repeat N>TEXT</repeat>` N copies of TEXT
 joined by commas and `<times N>TEXT</times>` N copies end to end.
 
-Every case holds, in the table, `--json` and `--watch --prometheus` modes alike: the tool
+Every case holds, in the table, `--json`, `--watch --json` and `--watch --prometheus` modes alike: the tool
 keeps working (exit 0 or 1, never a traceback), two healthy nodes stay visible and correct,
 `--json` is strict JSON, `/metrics` answers, and no control character reaches any output
 (the plain table, the live table, the JSON, the exposition).
@@ -146,12 +146,13 @@ def test_hostile_message_does_not_blind_the_fleet_view(path, shared_broker, monk
         "table": (_parse(*base, "--listen", str(LISTEN_S)), io.StringIO()),
         "json": (_parse(*base, "--listen", str(LISTEN_S), "--json"), io.StringIO()),
         "watch": (_parse(*base, "--watch", "--prometheus", str(port)), io.StringIO()),
+        "watch_json": (_parse(*base, "--watch", "--json"), io.StringIO()),
     }
     stop, rcs = threading.Event(), {}
 
     def run(mode):
         args, out = runs[mode]
-        rcs[mode] = fleet.cmd_fleet(args, stop=stop if mode == "watch" else None, out=out)
+        rcs[mode] = fleet.cmd_fleet(args, stop=stop if mode.startswith("watch") else None, out=out)
 
     threads = {mode: threading.Thread(target=run, args=(mode,)) for mode in runs}
     try:
@@ -165,6 +166,7 @@ def test_hostile_message_does_not_blind_the_fleet_view(path, shared_broker, monk
     finally:
         stop.set()
         threads["watch"].join(30)
+        threads["watch_json"].join(30)
         _publish(shared_broker.port, [(t, b"", True) for t, _, r in retained + crafted if r])
         if case.get("tz"):
             monkeypatch.undo()
@@ -175,6 +177,8 @@ def test_hostile_message_does_not_blind_the_fleet_view(path, shared_broker, monk
 
     outputs = {mode: out.getvalue() for mode, (_, out) in runs.items()}
     rows = {r["node"]: r for r in _strict(outputs["json"])}
+    streamed = [_strict(line) for line in outputs["watch_json"].splitlines()]
+    assert streamed and {r["node"] for r in streamed[-1]} >= set(HEALTHY)
     for node in HEALTHY:  # visible and correct
         row = rows[node]
         assert (row["state"], row["needs_visit"], row["seq_gaps"]) == ("online", [], 0), row
