@@ -88,7 +88,7 @@ class SimulatedCity:
         history_h: float = 24.0,
         interval_s: float = 60.0,
         fog: int = 2,
-        sensors: str = "bme280,sds011",
+        sensors: str = "bme280,sds011,noise",
         port: int = 0,
         rules: str | None = DEMO_RULES,
         dsn: str | None = None,

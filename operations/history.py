@@ -11,7 +11,7 @@ from a dead zone does: the city's ingest stores it like any other.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 from edge_node.clock import boot_id, boottime
@@ -19,9 +19,13 @@ from edge_node.quality import HIGH_HUMIDITY_RH, PM_CORRECTION_MODEL, growth_fact
 from edge_node.store import NewReading, Store
 from sensors.simulation import SimulatedNode
 
+# By driver: the values (and units) each kind of sensor gives, as far as the map needs them.
+PM_UNITS = {"pm2_5": "ug/m3", "pm10": "ug/m3", "pm2_5_corrected": "ug/m3", "pm10_corrected": "ug/m3"}
 UNITS = {
     "bme280": {"temperature": "Cel", "humidity": "%RH", "pressure": "hPa"},
-    "sds011": {"pm2_5": "ug/m3", "pm10": "ug/m3", "pm2_5_corrected": "ug/m3", "pm10_corrected": "ug/m3"},
+    "sht4x": {"temperature": "Cel", "humidity": "%RH"},
+    "sds011": PM_UNITS,
+    "pms5003": {"pm1": "ug/m3", **PM_UNITS},
     "dnms": {"laeq": "dB(A)", "lamin": "dB(A)", "lamax": "dB(A)"},
 }
 FOG_RH = 98.0
@@ -29,11 +33,18 @@ FOG_PM_FACTOR = 4.0  # as edge_node.sensors.Simulation.conditions: droplets coun
 
 
 def node_history(
-    seed: int, sensors: Iterable[str], interval_s: float, start: float, end: float, *, fog: bool = False
+    seed: int,
+    sensors: Mapping[str, str],
+    interval_s: float,
+    start: float,
+    end: float,
+    *,
+    fog: bool = False,
 ) -> list[NewReading]:
-    """Readings of the given sensors (those with a history here) every interval_s in [start, end)."""
+    """Readings of the given sensors (name -> driver; those with a history here) every
+    interval_s in [start, end)."""
     env = SimulatedNode(seed=seed).environment()  # the model its simulated sensors read live
-    wanted = [s for s in sensors if s in UNITS]
+    wanted = [(name, driver) for name, driver in sensors.items() if driver in UNITS]
     boot, mono_now, wall_now = boot_id(), boottime(), time.time()
     out = []
     t = start
@@ -41,15 +52,13 @@ def node_history(
         c = env.at(t)
         rh = max(c.humidity_rh, FOG_RH) if fog else c.humidity_rh
         mono = mono_now - (wall_now - t)
-        for sensor in wanted:
-            if sensor == "bme280":
-                values = {
-                    "temperature": round(c.temperature_c, 2),
-                    "humidity": round(rh, 1),
-                    "pressure": round(c.pressure_hpa, 2),
-                }
+        for sensor, driver in wanted:
+            if driver in ("bme280", "sht4x"):
+                values = {"temperature": round(c.temperature_c, 2), "humidity": round(rh, 1)}
+                if driver == "bme280":
+                    values["pressure"] = round(c.pressure_hpa, 2)
                 out.append(NewReading(sensor, values, (), t, mono, boot, True))
-            elif sensor == "dnms":
+            elif driver == "dnms":
                 level = c.noise_dba
                 values = {
                     "laeq": round(level, 1),
@@ -67,6 +76,8 @@ def node_history(
                     "pm2_5_corrected": round(pm2_5 / factor, 1),
                     "pm10_corrected": round(pm10 / factor, 1),
                 }
+                if driver == "pms5003":
+                    values = {"pm1": round(min(c.pm1 * scale, pm2_5), 1), **values}
                 quality = ("high_humidity",) if rh > HIGH_HUMIDITY_RH else ()
                 meta = {"pm_correction": {"model": PM_CORRECTION_MODEL, "humidity": round(rh, 1)}}
                 out.append(NewReading(sensor, values, quality, t, mono, boot, True, meta))
@@ -74,13 +85,13 @@ def node_history(
     return out
 
 
-def prefill(buffer: Path, readings: list[NewReading], chunk: int = 5000) -> None:
+def prefill(buffer: Path, readings: list[NewReading], sensors: Mapping[str, str], chunk: int = 5000) -> None:
     """Store the readings in the node's buffer, through the node's own Store."""
     store = Store(buffer, max_rows=10_000_000, max_bytes=10**10, sync_interval_s=10)
     store.open()
     try:
         for sensor in {r.sensor for r in readings}:
-            store.set_units(sensor, UNITS[sensor])
+            store.set_units(sensor, UNITS[sensors[sensor]])
         for i in range(0, len(readings), chunk):
             store.append(readings[i : i + chunk])
     finally:

@@ -261,6 +261,7 @@ def build_configs(opts: FleetOptions, workdir: Path) -> list[tuple[NodeSpec, Con
     unknown = [s for s in opts.sensors if s not in SENSOR_BLOCKS]
     if unknown:
         raise ConfigError("--sensors", None, f"unknown {unknown[0]!r} (known: {', '.join(SENSOR_BLOCKS)})")
+    driver_of = {c.name: c.driver for c in components().values()}
     out = []
     for spec in plan_fleet(opts):
         base = workdir / spec.node_id
@@ -271,10 +272,11 @@ def build_configs(opts: FleetOptions, workdir: Path) -> list[tuple[NodeSpec, Con
         if opts.history_h > 0 and not (base / "buffer.db").exists():
             end = time.time()
             fog = any(f["fault"] == "fog" and f.get("at_s", 0) == 0 for f in spec.faults)
+            drivers = {name: driver_of[name] for name in opts.sensors}
             readings = history.node_history(
-                spec.seed, opts.sensors, opts.interval_s, end - opts.history_h * 3600, end, fog=fog
+                spec.seed, drivers, opts.interval_s, end - opts.history_h * 3600, end, fog=fog
             )
-            history.prefill(base / "buffer.db", readings)
+            history.prefill(base / "buffer.db", readings, drivers)
     return out
 
 

@@ -141,6 +141,8 @@ def test_a_click_opens_the_last_hours_as_plots_with_the_band_colours_behind(city
     text = popup.inner_text()
     assert "100% of readings above 70 %RH" in text  # the fog node says so
     assert "high_humidity" in text  # its QC flags
+    # The sound level meter's period levels (two hours of history: no Lden, which needs all three).
+    assert any(period in text for period in ("Lday", "Levening", "Lnight"))
     page.wait_for_timeout(400)  # the popup's fade and pan
     page.screenshot(path=str(ARTEFACTS / "map-popup.png"))
 

@@ -253,8 +253,13 @@
     const bits = [];
     if (node.humid_share) bits.push(T.humid(Math.round(node.humid_share * 100)));
     if (day.heat) bits.push(`${T.heat} ${day.heat.heat_index} °C · ${T.humidex} ${day.heat.humidex}`);
-    if (day.noise && day.noise.den && day.noise.den.lden !== null) {
-      bits.push(`${T.lden} ${day.noise.den.lden} dB (${T.who}: ${day.noise.den.who_road_lden_db} dB)`);
+    const den = day.noise && day.noise.den;
+    if (den && den.lden !== null) {
+      bits.push(`${T.lden} ${den.lden} dB (${T.who}: ${den.who_road_lden_db} dB)`);
+    } else if (den) {
+      const parts = [["Lday", den.lday], ["Levening", den.levening], ["Lnight", den.lnight]]
+        .filter(([, v]) => v !== null).map(([k, v]) => `${k} ${v}`);
+      if (parts.length) bits.push(`${parts.join(" · ")} dB(A)`);
     }
     facts.textContent = bits.join(" · ");
     box.append(facts);
