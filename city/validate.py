@@ -8,6 +8,7 @@ statuses and heartbeats). tests/test_city_validate.py holds the two in agreement
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import UTC, datetime
 
@@ -41,10 +42,25 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:  # no field is larger than a 64-bit counter (400 digits broke float())
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
 def parse(payload: bytes) -> dict:
     try:
-        data = json.loads(payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as err:
+        data = json.loads(
+            payload, parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_finite_float
+        )
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise Invalid("malformed", f"not JSON: {err}") from None
     if not isinstance(data, dict):
         raise Invalid("malformed", f"not a JSON object but {type(data).__name__}")

@@ -232,3 +232,22 @@ def test_a_row_that_cannot_be_evaluated_does_not_take_the_others_down(monkeypatc
     f.nodes["a"].heartbeat.sensors = None  # a bug's worth of state
     rows = {r["node"]: r for r in f.rows()}
     assert rows["b"]["cpu_temp_c"] == 50.0 and rows["a"]["malformed"] == 1
+
+
+def test_ingest_refuses_what_no_node_sends_as_malformed():
+    """The city's ingest reads the same untrusted messages (city/validate.py): a 400-digit
+    number, 1e400, NaN or a 100,000-deep nesting is quarantined as malformed, not stored."""
+    from city.validate import Invalid, parse
+
+    for payload in (
+        b'{"seq": ' + b"9" * 400 + b"}",
+        b'{"t": 1e400}',
+        b'{"t": NaN}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ):
+        try:
+            parse(payload)
+        except Invalid as err:
+            assert err.reason == "malformed"
+        else:
+            raise AssertionError(f"accepted {payload[:30]!r}")
