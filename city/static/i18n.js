@@ -37,6 +37,8 @@ window.I18N = {
     alert_ends: "ends when",
     alert_nodes: "nodes",
     partial: "this hour so far",
+    indicative_short: "indicative",
+    running: (a, b) => `24 h mean PM2.5 ${a}, PM10 ${b ?? "–"} µg/m³ (WHO 24-hour guideline 15 / 45)`,
     ends: {
       eaqi: (band, w, d) => `the air index is ${band} or better for ${d}`,
       rain: (v, w, d) => `rain falls to ${v} mm/h or less (over ${w}) for ${d}`,
@@ -79,6 +81,8 @@ window.I18N = {
     alert_ends: "acaba quan",
     alert_nodes: "nodes",
     partial: "aquesta hora fins ara",
+    indicative_short: "indicatiu",
+    running: (a, b) => `mitjana 24 h PM2,5 ${a}, PM10 ${b ?? "–"} µg/m³ (guia de l'OMS per a 24 h: 15 / 45)`,
     ends: {
       eaqi: (band, w, d) => `l'índex de l'aire és ${band} o millor durant ${d}`,
       rain: (v, w, d) => `la pluja baixa a ${v} mm/h o menys (en ${w}) durant ${d}`,
@@ -121,6 +125,8 @@ window.I18N = {
     alert_ends: "termina cuando",
     alert_nodes: "nodos",
     partial: "esta hora hasta ahora",
+    indicative_short: "indicativo",
+    running: (a, b) => `media 24 h PM2,5 ${a}, PM10 ${b ?? "–"} µg/m³ (guía de la OMS para 24 h: 15 / 45)`,
     ends: {
       eaqi: (band, w, d) => `el índice del aire es ${band} o mejor durante ${d}`,
       rain: (v, w, d) => `la lluvia baja a ${v} mm/h o menos (en ${w}) durante ${d}`,

@@ -246,12 +246,16 @@
     const state = document.createElement("p");
     state.className = "state";
     state.textContent = describe(node) + (node.hour && node.band ? ` · ${T.at} ${fmtTime(node.hour)}` : "") +
-      (node.partial ? ` (${T.partial})` : "");
+      (node.partial ? ` (${T.partial})` : "") + (node.band ? ` · ${T.indicative_short}` : "");
     box.append(h, site, state);
     const facts = document.createElement("p");
     facts.className = "facts";
     const bits = [];
     if (node.humid_share) bits.push(T.humid(Math.round(node.humid_share * 100)));
+    const last = day.hours.length ? day.hours[day.hours.length - 1] : null;
+    if (last && last.running_24h && last.running_24h.pm2_5 !== undefined) {
+      bits.push(T.running(last.running_24h.pm2_5, last.running_24h.pm10));
+    }
     if (day.heat) bits.push(`${T.heat} ${day.heat.heat_index} °C · ${T.humidex} ${day.heat.humidex}`);
     const den = day.noise && day.noise.den;
     if (den && den.lden !== null) {
@@ -274,10 +278,10 @@
         box.append(plotFigure(caption, Plots.line({ series, from, to, bands: pmBands(p), label: caption, yMin: 0 })));
       }
     }
-    for (const [p, colour] of [["temperature", "#c0392b"], ["humidity", "#2471a3"], ["laeq", "#6c3483"]]) {
+    for (const [p, colour, yMax] of [["temperature", "#c0392b"], ["humidity", "#2471a3", 100], ["laeq", "#6c3483"]]) {
       if (s[p]) {
         box.append(plotFigure(T.plots[p], Plots.line({ series: [{ name: p, points: s[p], colour }], from, to,
-          label: T.plots[p] })));
+          label: T.plots[p], yMax })));
       }
     }
     const flags = document.createElement("p");

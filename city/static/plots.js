@@ -27,6 +27,7 @@ window.Plots = (function () {
     let hi = Math.max(...values);
     if (yMin === undefined) { const pad = (hi - lo) * 0.1 || 1; lo = Math.floor(lo - pad); hi = hi + pad; }
     hi = yMin === 0 ? niceMax(hi * 1.1) : hi;
+    if (opts.yMax !== undefined && hi > opts.yMax) hi = opts.yMax;
     const x = (t) => L + ((t - from) / (to - from)) * (W - L - R);
     const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
     const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label, class: "plot" });
