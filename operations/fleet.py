@@ -258,8 +258,10 @@ class Fleet:
         rules: Rules | None = None,
         window_s: float = 60.0,
         max_nodes: int = DEFAULT_MAX_NODES,
+        inventory: dict | None = None,
     ):
         self.prefix = prefix.rstrip("/")
+        self.inventory = dict(inventory or {})  # node -> operations.inventory.InventoryNode
         self.rules = rules or Rules()
         self.window_s = window_s
         self.max_nodes = max_nodes
@@ -330,6 +332,11 @@ class Fleet:
         now = time.time() if now is None else now
         with self._lock:
             rows = [self._safe_row(n, now) for n in self.nodes.values()]
+            heard = set(self.nodes)
+        if self.inventory:
+            from .inventory import place_rows
+
+            place_rows(rows, self.inventory, heard, self.rules.offline_after_s)
         rows.sort(key=_badness)
         return rows
 
@@ -501,7 +508,11 @@ def summary(rows: list[dict], ignored: str = "") -> str:
     online = sum(1 for r in rows if r["state"] == "online")
     offline = sum(1 for r in rows if r["state"] == "offline")
     visit = sum(1 for r in rows if r["needs_visit"])
-    line = f"{len(rows)} nodes, {online} online, {offline} offline, {visit} need a visit"
+    line = f"{len(rows)} nodes, {online} online, {offline} offline"
+    for state in ("missing", "never seen"):  # only with an inventory (operations.inventory)
+        if count := sum(1 for r in rows if r["state"] == state):
+            line += f", {count} {state}"
+    line += f", {visit} need a visit"
     return f"{line}; {ignored}" if ignored else line
 
 
@@ -785,6 +796,13 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--stale-after", metavar="S", type=float, default=900.0, help="stale sensor threshold (900)"
     )
+    p.add_argument(
+        "--inventory",
+        action="append",
+        metavar="FILE",
+        help="the nodes that should exist (CSV node,site,lat,lon or provisioning reports): "
+        "those never heard are listed as 'never seen', those gone too long as 'missing'",
+    )
     p.set_defaults(func=cmd_fleet)
     return p
 
@@ -805,9 +823,16 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
         except OSError as err:
             print(f"edge-node fleet: cannot read --password-file: {err}", file=sys.stderr)
             return 2
+    from .inventory import InventoryError, load_inventory
+
+    try:
+        inventory = load_inventory(args.inventory or [])
+    except InventoryError as err:
+        print(f"edge-node fleet: --inventory {err}", file=sys.stderr)
+        return 2
     rules = Rules(offline_after_s=args.offline_after, stale_after_s=args.stale_after)
     window_s = WATCH_WINDOW_S if args.watch else max(args.listen, 1.0)
-    fleet = Fleet(args.topic_prefix, rules, window_s=window_s, max_nodes=args.max_nodes)
+    fleet = Fleet(args.topic_prefix, rules, window_s=window_s, max_nodes=args.max_nodes, inventory=inventory)
     try:
         client = connect(
             fleet, args.broker, username=args.username, password=password, ca=args.ca, insecure=args.insecure

@@ -283,6 +283,7 @@ class Rollout:
             "failed": [r.node for r in runs if r.result == "failed"],
             "pending": [r.node for r in runs if r.result == "pending"],
             "untouched": [r.node for r in runs if r.result == "untouched"],
+            "never_seen": [r.node for r in runs if r.result == "never seen"],
             "nodes": [r.as_json() for r in runs],
             "ok": all(r.result in ("confirmed", "ok") for r in runs),
         }
@@ -343,6 +344,8 @@ def print_table(report: dict, out) -> None:
         lines.append(f"pending (offline, receive it when they return): {', '.join(report['pending'])}")
     if report["untouched"]:
         lines.append(f"untouched: {', '.join(report['untouched'])}")
+    if report["never_seen"]:
+        lines.append(f"never seen (in the inventory, never reported): {', '.join(report['never_seen'])}")
     lines.append("ALL CONFIRMED" if report["ok"] else "NOT CONFIRMED everywhere")
     console.print("\n".join(lines), markup=False)
 
@@ -405,6 +408,12 @@ def register(sub) -> None:
         "--valid", type=float, default=86400.0, metavar="S", help="envelopes expire after S (1 day)"
     )
     p.add_argument("--listen", type=float, default=2.0, metavar="S", help="seconds to learn the nodes (2)")
+    p.add_argument(
+        "--inventory",
+        action="append",
+        metavar="FILE",
+        help="the nodes that should exist (operations.inventory): those never heard are reported",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     s = actions.add_parser("set", help="set config keys: KEY=VALUE ... (VALUE as in TOML)")
@@ -483,6 +492,7 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
     from edge_node.signing import load_signer
 
     from .fleet import BrokerError, connect
+    from .inventory import load_inventory
 
     out, err = out or sys.stdout, err or sys.stderr
     try:
@@ -495,6 +505,7 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
         if min(args.soak, args.timeout, args.listen) < 0 or args.valid <= 0:
             raise ValueError("--soak, --timeout and --listen must be >= 0, --valid > 0")
         signer = load_signer(args.key)
+        inventory = load_inventory(args.inventory or [])
     except (ValueError, OSError) as problem:
         print(f"edge-node remote: {problem}", file=err)
         return 2
@@ -522,7 +533,8 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
         with watch.cond:
             known = dict(watch.status)
         targets = sorted(n for n in known if fnmatch.fnmatchcase(n, args.nodes))
-        if not targets:
+        never_seen = sorted(n for n in inventory if n not in known and fnmatch.fnmatchcase(n, args.nodes))
+        if not targets and not never_seen:
             print(f"edge-node remote: no node matching {args.nodes!r} has ever reported", file=err)
             return 1
         online = [n for n in targets if known[n].get("state") == "online"]
@@ -532,6 +544,14 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
         else:
             rollout = Rollout(args, watch, client, signer, command, cmd_args)
             rollout.run(online, offline, progress_printer(err))
+        for node in never_seen:
+            where = inventory[node].where
+            rollout.runs[node] = NodeRun(
+                node, None, result="never seen", detail=f"never reported; it is at {where}"
+            )
+        for node, run in rollout.runs.items():
+            if node in inventory and run.result in ("pending", "untouched") and node in offline:
+                run.detail += f" (at {inventory[node].where})"
         report = rollout.report()
     finally:
         client.loop_stop()

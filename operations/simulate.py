@@ -440,10 +440,18 @@ def run_simulate(args: argparse.Namespace) -> int:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-node-sim-")))
         try:
-            fleet = Fleet(build_configs(opts, workdir), stagger_s=opts.stagger_s)
+            configs = build_configs(opts, workdir)
+            fleet = Fleet(configs, stagger_s=opts.stagger_s)
         except ConfigError as err:
             print(f"edge-node simulate: {err}", file=sys.stderr)
             return 2
+        if args.inventory_out:  # what the city provisioned, dead-zone nodes included
+            from .inventory import InventoryNode, write_inventory
+
+            write_inventory(
+                args.inventory_out,
+                [InventoryNode(c.node.id, c.node.site, c.node.lat, c.node.lon) for _, c in configs],
+            )
         offline = [s.node_id for s in fleet.specs if s.offline]
         if not args.verbose:
             node_filter.quiet_nodes = set(offline)
@@ -546,6 +554,11 @@ def register(sub) -> argparse.ArgumentParser:
         help="an operator's public key (edge-node keygen): the nodes run its signed remote commands",
     )
     p.add_argument("--confirm", type=float, default=120.0, metavar="S", help="the nodes' remote.confirm_s")
+    p.add_argument(
+        "--inventory-out",
+        metavar="FILE",
+        help="write the fleet's inventory (CSV node,site,lat,lon) for fleet/remote --inventory",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="the daemons' INFO log too")
     p.set_defaults(func=run_simulate)
     return p
