@@ -229,11 +229,13 @@ class SimulatedCity:
                       timeout, "ingest's database")  # fmt: skip
 
     def _wait_http(self, timeout: float) -> None:
+        # Not /api/map: serve keeps the first map it computes for a while, and that should be
+        # the city with its history, not the city of this instant.
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "api/map", timeout=5) as response:
+                with urllib.request.urlopen(self.url + "api/config", timeout=5) as response:
                     json.load(response)
                     return
             if time.monotonic() > deadline:
