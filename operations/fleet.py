@@ -37,6 +37,7 @@ run`) never loads it.
 | `edge_node_under_voltage` | node | 1 under-voltage now or since boot |
 | `edge_node_clock_synced` | node | 1 when the node's clock is synchronised |
 | `edge_node_malformed_total` | node | messages refused plus fields dropped from it |
+| `edge_node_sensors_over_cap` | node | sensors in its last heartbeat beyond the cap of 64, not tracked |
 | `edge_node_needs_visit` | node | 1 when any rule below fires |
 | `edge_node_fleet_ignored_messages_total` | reason | `over_node_cap` or `unattributed` (below) |
 
@@ -638,6 +639,7 @@ PROM_HELP = {
     "edge_node_under_voltage": "1 when under-voltage now or since boot",
     "edge_node_clock_synced": "1 when the node's clock is synchronised",
     "edge_node_malformed_total": "malformed messages received from the node",
+    "edge_node_sensors_over_cap": "sensors in the node's last heartbeat beyond the view's cap, not tracked",
     "edge_node_needs_visit": "1 when a needs-a-visit rule fires",
     "edge_node_fleet_ignored_messages_total": "messages this fleet view did not attribute to a tracked node",
 }
@@ -669,6 +671,7 @@ def prometheus(rows: list[dict], fleet: Fleet | None = None) -> str:
         add("edge_node_under_voltage", r["under_voltage"], node=n)
         add("edge_node_clock_synced", r["clock_synced"], node=n)
         add("edge_node_malformed_total", r["malformed"], node=n)
+        add("edge_node_sensors_over_cap", r["sensors_over_cap"], node=n)
         add("edge_node_needs_visit", bool(r["needs_visit"]), node=n)
     if fleet is not None:
         add("edge_node_fleet_ignored_messages_total", fleet.over_node_cap, reason="over_node_cap")

@@ -205,6 +205,9 @@ def _unit_word(device: str) -> str:
 def render_unit(config: Config, config_path: Path, *, command: str | None = None) -> str:
     """The shipped unit for this node: its command and config, its devices, its groups."""
     command = command or edge_node_command()
+    for what, value in (("the edge-node command", command), ("the config path", str(config_path))):
+        if not value.isprintable():  # a newline ends a unit line even inside quotes
+            raise ValueError(f"{what} {value!r} cannot go into ExecStart= (control characters)")
     exec_start = f"ExecStart={_quote(command)} run -c {_quote(str(config_path))}"
     groups = existing_groups()
     out = []

@@ -13,11 +13,11 @@ import pytest
 
 from edge_node.config import ConfigError, parse_config
 from edge_node.store import Store
-
-KEEP_QUARANTINED = 3
 from provisioning import install
 from provisioning.report import Check, Report
 from provisioning.status import read_buffer
+
+KEEP_QUARANTINED = 3  # edge_node.store's, written out: the test holds the number
 
 SDS011_CONFIG = (
     '[node]\nid = "trs-0001"\n[broker]\nurl = "mqtt://b.example"\n[sensors.pm]\ndriver = "sds011"\n'
@@ -97,6 +97,9 @@ def test_the_unit_renderer_refuses_a_device_that_is_not_a_plain_path():
     assert install._unit_word("/dev/ttyAMA0") == "/dev/ttyAMA0"
     with pytest.raises(ValueError, match="cannot go into DeviceAllow="):
         install._unit_word("/dev/tty\nExecStartPre=/bin/sh")
+    config = parse_config(SDS011_CONFIG.replace("sds011", "bme280") + 'bus = "sim"\n')
+    with pytest.raises(ValueError, match="cannot go into ExecStart="):
+        install.render_unit(config, Path("/etc/edge-node/c.toml\nExecStartPre=/bin/sh"), command="/usr/bin/x")
 
 
 def test_quarantined_buffers_are_pruned_to_the_newest_few(tmp_path):

@@ -251,3 +251,14 @@ def test_ingest_refuses_what_no_node_sends_as_malformed():
             assert err.reason == "malformed"
         else:
             raise AssertionError(f"accepted {payload[:30]!r}")
+
+
+def test_sensors_over_the_cap_are_counted_and_reported():
+    f = fleet.Fleet(PREFIX)
+    crowded = heartbeat(sensors={f"s{k}": {"state": "fault", "error": "x"} for k in range(100)})
+    f.ingest(f"{PREFIX}/n/heartbeat", _encode(crowded), False, NOW)
+    row = f.rows(NOW)[0]
+    assert len(row["sensors"]) == untrusted.MAX_SENSORS_PER_HEARTBEAT and row["sensors_over_cap"] == 36
+    exposition = fleet.prometheus([row], f)
+    assert 'edge_node_sensors_over_cap{node="n"} 36' in exposition
+    assert exposition.count("edge_node_sensor_fault{") == untrusted.MAX_SENSORS_PER_HEARTBEAT
