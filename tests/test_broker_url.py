@@ -77,6 +77,25 @@ def test_a_password_over_plain_mqtt_is_refused_unless_insecure(tmp_path):
     assert allowed.returncode == 1 and "cannot reach broker" in allowed.stderr
     for result in (refused, allowed):
         assert SECRET not in result.stderr + result.stdout
+    credentials = ["--username", "ops", "--password-file", str(secret)]
+    for argv in (
+        [
+            "simulate",
+            "--broker",
+            url,
+            *credentials,
+            "--nodes",
+            "1",
+            "--seconds",
+            "1",
+            "--workdir",
+            str(tmp_path),
+        ],
+        ["ingest", "--broker", url, *credentials, "--db", f"sqlite:///{tmp_path}/city.db"],
+    ):
+        result = _edge_node(*argv)
+        assert result.returncode == 2 and "travels in clear" in result.stderr, (argv, result.stderr)
+        assert result.stderr.count("\n") == 1 and SECRET not in result.stderr + result.stdout
 
 
 def _provision_args(tmp_path: Path, *extra: str):
