@@ -15,6 +15,7 @@ draws the streets it knows on a plain background), `--tiles-attribution TEXT`, `
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import mimetypes
@@ -25,7 +26,7 @@ from pathlib import PurePosixPath
 from aiohttp import web
 
 from . import alerts as alert_rules
-from . import stored, terrassa
+from . import eaqi, stored, terrassa
 from .api import OPTIONS_KEY, POOL_KEY, Routes, node_param, param, query
 from .areas import Areas
 from .db import DatabaseError
@@ -147,7 +148,35 @@ def _json(data) -> web.Response:
 
 @routes.get("/", summary="the citizens' map", content_type="text/html", in_openapi=False)
 async def index(request: web.Request) -> web.Response:
-    return _file_response("index.html")
+    """The page, with every node's line already in it: the map's text alternative, readable with
+    no script (the page redraws it in the reader's language)."""
+    page = STATIC.joinpath("index.html").read_text()
+    options = _options(request)
+    cache = options.get("map_cache")
+    if cache is not None and cache.body is None:
+        async with cache.lock:
+            if cache.body is None:
+                await cache.compute(request.app, options)
+    data = (
+        json.loads(cache.body) if cache is not None else await query(request, map_data, options, time.time())
+    )
+    items = "".join(
+        f'<li data-node="{html.escape(n["node"])}">{html.escape(node_line(n))}</li>' for n in data["nodes"]
+    )
+    body = page.replace("<!--NODE-LIST-->", items)
+    return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def node_line(node: dict) -> str:
+    """`trs-007: Fair (2/6), indicative` / `gone-001: offline since 2026-12-04T16:01:00Z`."""
+    if node["state"] in ("offline", "stale"):
+        return f"{node['node']}: {node['state']}" + (f" since {node['since']}" if node["since"] else "")
+    if node["state"] == "no_data":
+        return f"{node['node']}: no data yet"
+    if not node["band"]:
+        return f"{node['node']}: no band ({node['reason']})"
+    label = next(b.label for b in eaqi.BANDS if b.key == node["band"])
+    return f"{node['node']}: {label} ({node['band_index']}/6), indicative"
 
 
 @routes.get("/static/{name:.+}", summary="the map's assets", in_openapi=False)

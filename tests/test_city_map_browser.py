@@ -177,3 +177,12 @@ def test_the_map_works_with_no_tile_server_and_no_internet(city, page):
     assert page.locator(".leaflet-tile").count() == 0
     assert page.locator("path.leaflet-interactive, .leaflet-overlay-pane path").count() >= 10  # the streets
     assert all(url.startswith(city.url) or url.startswith("data:") for url in requests), requests
+
+
+def test_the_page_holds_every_node_as_text_before_any_script_runs(city):
+    with urllib.request.urlopen(city.url, timeout=10) as response:
+        page = response.read().decode()
+    for node in api(city, "api/map")["nodes"]:
+        assert f'<li data-node="{node["node"]}">{node["node"]}: ' in page
+    assert '<li data-node="gone-001">gone-001: offline since ' in page
+    assert f'<li data-node="{city.fog_node}">{city.fog_node}: ' in page and "/6), indicative</li>" in page

@@ -38,6 +38,7 @@ window.I18N = {
     alert_nodes: "nodes",
     partial: "this hour so far",
     indicative_short: "indicative",
+    node_list: "Every node, as a list",
     running: (a, b) => `24 h mean PM2.5 ${a}, PM10 ${b ?? "–"} µg/m³ (WHO 24-hour guideline 15 / 45)`,
     ends: {
       eaqi: (band, w, d) => `the air index is ${band} or better for ${d}`,
@@ -82,6 +83,7 @@ window.I18N = {
     alert_nodes: "nodes",
     partial: "aquesta hora fins ara",
     indicative_short: "indicatiu",
+    node_list: "Tots els nodes, en una llista",
     running: (a, b) => `mitjana 24 h PM2,5 ${a}, PM10 ${b ?? "–"} µg/m³ (guia de l'OMS per a 24 h: 15 / 45)`,
     ends: {
       eaqi: (band, w, d) => `l'índex de l'aire és ${band} o millor durant ${d}`,
@@ -126,6 +128,7 @@ window.I18N = {
     alert_nodes: "nodos",
     partial: "esta hora hasta ahora",
     indicative_short: "indicativo",
+    node_list: "Todos los nodos, en una lista",
     running: (a, b) => `media 24 h PM2,5 ${a}, PM10 ${b ?? "–"} µg/m³ (guía de la OMS para 24 h: 15 / 45)`,
     ends: {
       eaqi: (band, w, d) => `el índice del aire es ${band} o mejor durante ${d}`,

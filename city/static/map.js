@@ -104,6 +104,7 @@
     document.getElementById("alerts-title").textContent = T.alerts;
     document.getElementById("legend-title").textContent = T.legend;
     document.getElementById("indicative").textContent = T.indicative;
+    document.getElementById("nodes-title").textContent = T.node_list;
   }
 
   function swatch(colour, text, dark) {
@@ -189,9 +190,15 @@
     for (const a of data.alerts) for (const n of a.nodes) {
       alertsByNode.set(n, (alertsByNode.get(n) || []).concat(a.title));
     }
+    const list = document.getElementById("node-list");
+    list.replaceChildren();
     for (const node of data.nodes) {
       node.alerts = alertsByNode.get(node.node) || [];
       placeMarker(node);
+      const li = document.createElement("li");
+      li.dataset.node = node.node;
+      li.textContent = label(node).replace(/^[^ ]+ /, "");  // "trs-007: ..." without the word "Node"
+      list.append(li);
     }
   }
 
