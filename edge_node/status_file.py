@@ -25,6 +25,13 @@ class BrokerState(TypedDict):
     last_publish: str | None  # ISO 8601 UTC of the last PUBACK'd publish
 
 
+class Refusal(TypedDict):
+    reason_code: int  # the PUBACK's, >= 0x80
+    reason: str  # the code and its name, e.g. "0x87 Not authorized"
+    since: str  # ISO 8601 UTC of the first refusal of this episode
+    count: int  # messages refused since then
+
+
 class Status(TypedDict):
     """Its shape: the keys `edge-node status` relies on."""
 
@@ -38,6 +45,9 @@ class Status(TypedDict):
     dropped: int
     buffer_fault: str | None  # None while the card is fine
     config: dict[str, Any]  # the config's hash, and the remote layer's state
+    protocol: str  # the MQTT version in use: "5", or "3.1.1" (configured, or a broker without 5)
+    refused: Refusal | None  # while the broker refuses readings (issue 10), else None
+    quarantined: int  # readings the broker refused on their own for good: kept, not sent again
     sensors: dict[str, dict[str, Any]]  # per sensor: its heartbeat entry and last_values
 
 

@@ -223,6 +223,7 @@ class Heartbeat:
     clock_synced: bool | None
     buffer_fault: str | None  # the error while the buffer is at fault, else None
     bad_fields: int = 0
+    refused: str | None = None  # while the broker refuses its readings: "0x87 Not authorized since ..."
 
 
 @dataclass(slots=True)
@@ -277,6 +278,13 @@ def parse_heartbeat(payload: bytes, arrival: float) -> Heartbeat:
     buffer = f.table(data, "buffer")
     if buffer is not None and f.choice(buffer, "state", ("fault",)) == "fault":
         buffer_fault = f.text(buffer, "error") or "cannot write"
+    refused = None
+    raw_refused = f.table(data, "refused")
+    if raw_refused is not None:  # issue 10
+        code = f.count(raw_refused, "reason_code")
+        refused = f.text(raw_refused, "reason", 80) or (f"0x{code:02X}" if code is not None else "refused")
+        if since := f.text(raw_refused, "since", 40):
+            refused += f" since {since}"
     return Heartbeat(
         ts=ts,
         uptime_s=f.number(data, "uptime_s", 0.0, MAX_SECONDS),
@@ -292,6 +300,7 @@ def parse_heartbeat(payload: bytes, arrival: float) -> Heartbeat:
         clock_synced=f.flag(host, "clock_synced"),
         buffer_fault=buffer_fault,
         bad_fields=f.bad,
+        refused=refused,
     )
 
 

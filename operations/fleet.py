@@ -55,7 +55,13 @@ Needs-a-visit rules (thresholds are `Rules` fields; the CLI exposes the time one
 | hot | `host.cpu_temp_c` > `cpu_temp_max_c` | 80 °C |
 | laser | a sensor's `laser_life_used` (SDS011) > `laser_life_max` | 0.9 |
 | buffer | heartbeat `buffer.state` is `fault` (the buffer cannot be written) | |
+| refused | heartbeat `refused`: the broker refuses its readings (a PUBACK >= 0x80, MQTT 5) | |
 | clock | `host.clock_synced` false while `uptime_s` > `clock_grace_s` | 3600 s |
+
+A node whose readings are refused sends a heartbeat at once that names the refusal, and the
+rule stays with that heartbeat when the node then falls silent. Where the broker refuses the
+heartbeat too (the node's whole ACL revoked) the view sees only the silence; the node's
+`edge-node status` and log still say why.
 
 State: `offline (lost|shutdown)` from the retained status (Last Will or clean shutdown);
 `offline (silent)` when the last heartbeat is older than 3 observed heartbeat intervals (two live
@@ -403,6 +409,8 @@ class Fleet:
             reasons.append(f"oldest unsent reading {_age(oldest)} old")
         if hb and hb.buffer_fault is not None:
             reasons.append(f"buffer fault: {hb.buffer_fault}")
+        if hb and hb.refused is not None:  # a silent node's last heartbeat may say why (issue 10)
+            reasons.append(f"broker refuses its readings: {hb.refused}")
 
         # host
         cpu = hb.cpu_temp_c if hb else None

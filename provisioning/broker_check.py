@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_node.acked_client import UNSUPPORTED_PROTOCOL, reason_text
 from edge_node.broker_connection import BrokerConnection
 from edge_node.config import BrokerConfig, Config
 
@@ -91,6 +92,7 @@ _CONNACK_REFUSED = {
     136: "the broker at {where} is unavailable (server unavailable)",
     138: "the broker banned {who}",
 }
+_PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 
@@ -111,19 +113,33 @@ def check_broker(
     node = config.node.id
     own_topic = f"{config.topic_root}/check/{nonce}"
     probe_topic = f"{config.broker.topic_prefix}/acl-probe-{nonce}/check/{nonce}"
-    main = _Session(config.broker, f"{node}-check", timeout_s)
+    main = _Session(config.broker, f"{node}-check", timeout_s, protocol=_PROTOCOLS[config.broker.protocol])
     try:
         with report.step("broker.connect") as outcome:
             try:
-                connect_ms = main.connect()
+                try:
+                    connect_ms = main.connect()
+                except CheckFailed:
+                    if not main.unsupported_protocol():
+                        raise
+                    # as the daemon does (edge_node/forwarder.py): MQTT 3.1.1 for a broker without 5
+                    main.close()
+                    main = _Session(config.broker, f"{node}-check", timeout_s)
+                    connect_ms = main.connect()
             except CheckFailed as err:
                 outcome["detail"] = str(err)
             else:
+                protocol = _protocol_name(main.protocol)
+                note = f"MQTT {protocol}"
+                if protocol != config.broker.protocol:
+                    note += " (the broker does not speak MQTT 5)"
+                if protocol == "3.1.1":
+                    note += ", under which a refused reading cannot be told from an accepted one"
                 outcome.update(
                     passed=True,
                     detail=f"connected to {_where(config.broker)} as {_who(config.broker)}, "
-                    f"{_tls_note(config.broker)}, in {connect_ms:.0f} ms",
-                    measured={"connect_ms": round(connect_ms, 1)},
+                    f"{_tls_note(config.broker)}, {note}, in {connect_ms:.0f} ms",
+                    measured={"connect_ms": round(connect_ms, 1), "protocol": protocol},
                 )
         if not main.connected:
             for name in CHECKS[1:]:
@@ -215,7 +231,10 @@ def _acl(
         probe = _Session(config.broker, f"{node}-check-probe", timeout_s, protocol=mqtt.MQTTv5)
         try:
             probe.connect()
-        except CheckFailed:  # a broker without MQTT 5: the same, without a verdict in the PUBACK
+        except CheckFailed:
+            if not probe.unsupported_protocol():
+                raise
+            # a broker without MQTT 5: the same, without a verdict in the PUBACK
             probe.close()
             probe = _Session(config.broker, f"{node}-check-probe", timeout_s)
             probe.connect()
@@ -229,7 +248,7 @@ def _acl(
         try:
             reason = probe.publish(probe_topic, payload)
             answer = None if reason is None else ("refused" if reason.is_failure else "accepted")
-            puback = None if reason is None else str(reason)
+            puback = None if reason is None else reason_text(reason)
         except CheckFailed:
             if probe.state.lost is None:
                 raise
@@ -431,6 +450,11 @@ class _Session:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def unsupported_protocol(self) -> bool:
+        """Whether the CONNACK said the broker does not speak this MQTT version (0x84, or a 3.1.1
+        broker's 0x01, which paho reports as 0x84)."""
+        return self.state.connack is not None and self.state.connack.value == UNSUPPORTED_PROTOCOL
+
     def _live(self) -> mqtt.Client:
         if self.client is None or self.state.lost is not None:
             raise self._lost()
@@ -499,6 +523,10 @@ class _Session:
         if level == mqtt.MQTT_LOG_ERR and self.state.last_error is None:
             with self.cond:
                 self.state.last_error = text.removeprefix("failed to receive on socket: ")
+
+
+def _protocol_name(version: int) -> str:
+    return next(name for name, v in _PROTOCOLS.items() if v == version)
 
 
 # --- errors as one line for the technician --------------------------------------------------------

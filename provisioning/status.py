@@ -161,6 +161,10 @@ def node_status(config: Config, *, now: float | None = None) -> dict[str, Any]:
     if current and data.get("buffer_fault"):
         problems.append(f"buffer in fault: {data['buffer_fault']}")
 
+    refused = data.get("refused") if current else None
+    if refused:
+        problems.append(refusal_in_words(refused, config))
+
     sensors: dict[str, dict[str, Any]] = {}
     reported = data.get("sensors") or {}
     for name in dict.fromkeys([*config.sensors, *reported]):
@@ -193,6 +197,9 @@ def node_status(config: Config, *, now: float | None = None) -> dict[str, Any]:
             "url": broker.get("url", config.broker.url),
             "connected": connected,
             "last_publish": broker.get("last_publish"),
+            "protocol": data.get("protocol"),
+            "refused": refused,
+            "quarantined": data.get("quarantined") or 0,
         },
         "seq_sent": data.get("seq_sent"),
         "backlog": counts.get("backlog"),
@@ -201,6 +208,26 @@ def node_status(config: Config, *, now: float | None = None) -> dict[str, Any]:
         "buffer": {k: v for k, v in buffer.items() if k != "newest_unsent"},
         "sensors": sensors,
     }
+
+
+_REFUSAL_HINTS = {
+    0x87: "the broker's ACL does not let {who} write under {root}/ (a changed or mistyped rule?)",
+    0x97: "the broker's quota for {who} is exhausted",
+    0x95: "the broker takes smaller messages than the node sends",
+    0x99: "the broker does not accept the payloads as they are",
+}
+
+
+def refusal_in_words(refused: dict[str, Any], config: Config) -> str:
+    """`broker refuses this node's readings since ...: 0x87 Not authorized, ...`, for a technician."""
+    who = config.broker.username or config.node.id
+    hint = _REFUSAL_HINTS.get(refused.get("reason_code"), "")
+    hint = hint.format(who=who, root=config.topic_root)
+    return (
+        f"the broker refuses this node's readings since {refused.get('since')}: {refused.get('reason')}"
+        + (f": {hint}" if hint else "")
+        + f"; {refused.get('count')} messages refused, every reading kept in the buffer and retried"
+    )
 
 
 def remote_layer_status(config: Config, data: dict[str, Any]) -> dict[str, Any]:
@@ -267,6 +294,18 @@ def render(status: dict[str, Any]) -> str:
         )
     link = "connected" if broker["connected"] else "NOT connected"
     lines.append(f"broker    {link} to {broker['url']}; last publish {broker['last_publish'] or 'none seen'}")
+    if broker.get("protocol") == "3.1.1":
+        lines.append("          MQTT 3.1.1: a reading the broker refuses cannot be told from one it accepts")
+    elif broker.get("protocol"):
+        lines.append(f"          MQTT {broker['protocol']}")
+    if refused := broker.get("refused"):
+        count = refused["count"]
+        lines.append(f"REFUSED   {refused['reason']} since {refused['since']}, {count} messages refused")
+    if broker.get("quarantined"):
+        lines.append(
+            f"          {broker['quarantined']} readings quarantined: the broker refused each on its own for "
+            "good; kept in the buffer, not sent again"
+        )
     if "error" in buf:
         lines.append(f"buffer    {buf['error']}")
     if status["backlog"] is not None:

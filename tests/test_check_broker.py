@@ -80,11 +80,13 @@ def test_all_three_pass_with_the_nodes_own_credentials(tmp_path, secure_broker, 
     assert connect.detail.startswith(
         f"connected to localhost:{b.port} as {NODE}, TLS certificate verified against"
     )
+    assert connect.measured["protocol"] == "5" and ", MQTT 5, in " in connect.detail  # issue 10
     assert 0 < connect.measured["connect_ms"] < 5000
     assert 0 <= roundtrip.measured["rtt_ms"] < 5000
     assert acl.measured.pop("listened_ms") >= 1500
-    assert acl.measured == {"received": 0, "subscription": "granted", "puback": "Not authorized"}
+    assert acl.measured == {"received": 0, "subscription": "granted", "puback": "0x87 Not authorized"}
     assert f"{NODE} cannot publish under another node's topic" in acl.detail, acl.detail
+    assert "the broker refused it (0x87 Not authorized)" in acl.detail, acl.detail
     assert acl.seconds >= 1.5
 
     own = [t for t in auditor.topics() if t.startswith(f"{PREFIX}/{NODE}/check/")]

@@ -17,7 +17,12 @@ import jsonschema
 import pytest
 
 from edge_node import schemas
+from edge_node.config import load_config, parse_config
+from operations import fleet
 from operations.mosquitto import LocalBroker
+from provisioning.broker_check import check_broker
+from provisioning.report import Report
+from provisioning.status import node_status, render
 
 from .conftest import PREFIX, write_config
 from .mqtt_peer import DROP, ScriptedPeer
@@ -149,6 +154,24 @@ def test_readings_refused_with_0x87_stay_in_the_buffer_and_the_refusal_is_report
     # again at each retry. Backing off (full jitter, capped at reconnect_max_s = 2 s here) and
     # probing one message at a time, it sends a few a second at most.
     assert refused_during <= 3 * elapsed, f"{refused_during} refused messages in {elapsed:.1f} s"
+    # `edge-node status` says it in words, and makes the node not healthy
+    report = node_status(load_config(config))
+    assert not report["healthy"] and report["broker"]["refused"]["reason_code"] == 0x87
+    words = [p for p in report["problems"] if "refuses" in p]
+    assert words and words[0].startswith("the broker refuses this node's readings since "), report["problems"]
+    assert "0x87 Not authorized: the broker's ACL does not let trs-test write under" in words[0]
+    assert "REFUSED   0x87 Not authorized since" in render(report)
+    # the fleet view: a visit; and when the node then falls silent, its last heartbeat says why
+    view = fleet.Fleet(PREFIX, fleet.Rules(), window_s=60)
+    view.ingest(f"{PREFIX}/trs-test/heartbeat", json.dumps(beat).encode(), True, time.time())
+    (online,) = view.rows(time.time())
+    (silent,) = view.rows(time.time() + 3600)
+    for row in (online, silent):
+        assert (
+            f"broker refuses its readings: 0x87 Not authorized since {beat['refused']['since']}"
+            in (row["needs_visit"])
+        )
+    assert (silent["state"], silent["reason"]) == ("offline", "silent")
     assert daemon.terminate() == 0, daemon.tail()
     assert len(log_lines(daemon, "refuses readings")) == 1, daemon.tail()
     last = last_seq(tmp_path)
@@ -304,3 +327,16 @@ def test_the_connack_maximum_packet_size_caps_the_batches(tmp_path, recorder_fac
     assert any(len(b["readings"]) > 1 for b in rec.payloads("/reading/bme280") if b["backfill"])
     assert log_lines(daemon, "broker takes packets up to 2000 bytes"), daemon.tail()
     assert not log_lines(daemon, "connection lost"), daemon.tail()
+
+
+def test_check_broker_reports_the_protocol_and_falls_back_to_311_as_the_daemon_does(tmp_path, peer_factory):
+    peer = peer_factory(v5_connack=0x01)  # what an MQTT 3.1.1-only broker answers an MQTT 5 CONNECT
+    text = f'[node]\nid = "trs-test"\n\n[broker]\nurl = "{peer.url}"\n'
+    config = parse_config(text, source="config.toml", base_dir=tmp_path)
+    report = Report(node=config.node.id, config_hash=config.config_hash, show=lambda line: None)
+    check_broker(config, report, timeout_s=1, acl_listen_s=0.2)
+    connect = report.checks[0]
+    assert connect.name == "broker.connect" and connect.result == "PASS", connect.detail
+    assert connect.measured["protocol"] == "3.1.1"
+    assert "MQTT 3.1.1 (the broker does not speak MQTT 5), under which a refused" in connect.detail
+    assert peer.connects[:2] == [5, 4]
