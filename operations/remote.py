@@ -289,6 +289,11 @@ class Rollout:
         }
 
 
+def _printable(text: str) -> str:
+    """A node's words as plain printable text (no escape sequences reach the terminal)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:300]
+
+
 def _summary(reply: dict | None) -> str:
     if not reply:
         return ""
@@ -323,14 +328,19 @@ RESULT_STYLE = {
 def print_table(report: dict, out) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"edge-node remote {report['command']}", title_justify="left")
     for column in ("node", "stage", "result", "config hash", "detail"):
         table.add_column(column)
-    for n in report["nodes"]:
-        style = RESULT_STYLE.get(n["result"], "")
+    for n in report["nodes"]:  # Text, not markup: a detail comes from a node
         stage = str(n["stage"]) if n["stage"] else "-"
-        table.add_row(n["node"], stage, f"[{style}]{n['result']}[/]", n["config_hash"] or "", n["detail"])
+        cells = (n["node"], stage, n["result"], n["config_hash"] or "", _printable(n["detail"]))
+        table.add_row(
+            *(Text(c) for c in cells[:2]),
+            Text(n["result"], style=RESULT_STYLE.get(n["result"], "")),
+            *(Text(c) for c in cells[3:]),
+        )
     console = Console(file=out, highlight=False)
     console.print(table)
     lines = []
