@@ -100,6 +100,8 @@ SUBCOMMANDS = {
     "simulate": "operations.simulate:register",
     "keygen": "operations.remote:register",
     "remote": "operations.remote:register",
+    "release": "operations.release:register",
+    "update": "edge_node.update:register",
     "ingest": "city.cli:register",
     "export": "city.cli:register",
     "serve": "city.cli:register",

@@ -52,6 +52,7 @@ __all__ = [
     "SECTIONS",
     "ForwardConfig",
     "RemoteConfig",
+    "UpdateConfig",
     "HealthConfig",
     "NodeConfig",
     "SensorConfig",
@@ -162,6 +163,13 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:  # software updates (issue 16, edge_node/update.py)
+    root: Path  # versions/<v>/venv side by side, `current` the running one
+    confirm_s: float  # a new version must prove healthy this soon, else the node switches back
+    max_kbps: float  # download rate limit, kilobits/s; 0: none
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. Its mappings are plain dicts (so `dataclasses.asdict` and
     `copy.deepcopy` work); treat them as read-only."""
@@ -176,6 +184,7 @@ class Config:
     simulation: SimulationConfig
     config_hash: str  # first 16 hex digits of the SHA-256 of the file's bytes (and the remote layer's)
     remote: RemoteConfig = RemoteConfig((), 120.0)
+    update: UpdateConfig = UpdateConfig(Path("/opt/edge-node"), 300.0, 0.0)
 
     @property
     def topic_root(self) -> str:
@@ -341,6 +350,11 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "remote": {
         "trusted_keys": Key(lambda value: _trusted_keys(value), []),
         "confirm_s": Key(number(min=1, max=3600), 120),
+    },
+    "update": {
+        "root": Key(_PATH, "/opt/edge-node"),
+        "confirm_s": Key(number(min=5, max=3600), 300),
+        "max_kbps": Key(number(min=0), 0),
     },
     "simulation": {
         "seed": Key(integer(min=0), 42),
@@ -518,6 +532,11 @@ def _build(values: dict[str, Any], source: str, base_dir: Path, data: bytes) -> 
         config_hash=hashlib.sha256(data).hexdigest()[:16],
         remote=RemoteConfig(
             trusted_keys=tuple(values["remote"]["trusted_keys"]), confirm_s=values["remote"]["confirm_s"]
+        ),
+        update=UpdateConfig(
+            root=base_dir / values["update"]["root"],
+            confirm_s=values["update"]["confirm_s"],
+            max_kbps=values["update"]["max_kbps"],
         ),
     )
 
