@@ -135,6 +135,7 @@ class CommandHandler:
 
     @property
     def counts(self) -> dict:
+        """Since this pipeline started (`discarded`: since the process did); in the heartbeat."""
         return {
             "refused": self.refused,
             "replies_dropped": self.replies_dropped,

@@ -144,6 +144,7 @@ class Daemon:
                 reconnect_max_s=cfg.forward.reconnect_max_s,
                 commands=self.remote.command_handler(self) if self.remote is not None else None,
             )
+            self.health.command_counts = lambda: self.forwarder.commands.counts
             await self._supervise(stop, drivers, sim, root)
             log.info("stopped; backlog %d readings kept in the buffer for the next start", self.store.backlog)
         finally:

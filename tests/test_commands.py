@@ -79,6 +79,9 @@ def test_hostile_commands_cost_neither_the_session_nor_memory_nor_the_log(
     statuses = [s["state"] for s in rec.payloads("/status")]
     assert statuses == ["online"], f"the session dropped: {statuses}"
     assert gaps(rec.seqs()) == []
+    counts = rec.payloads("/heartbeat")[-1]["commands"]  # every refusal counted where the fleet sees it
+    assert counts["refused"] + counts["discarded"] > 19_000, counts  # of 20,000 (a few pings answered)
+    assert rec.invalid == []
     replies = rec.payloads("/reply")
     assert 3 <= len(replies) <= 2 + 20 * 8, len(replies)  # answered at a bounded rate
     assert rss_mb(proc.pid) - rss_before < 15
