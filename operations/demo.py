@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from edge_node.broker_connection import BrokerConnection
 from edge_node.config import parse_config
 
 from .mosquitto import BrokerUnavailable, LocalBroker
@@ -108,8 +109,9 @@ def _describe(topic: str, payload: bytes, as_json: bool) -> str:
     return f"{stamp} {topic} {payload.decode(errors='replace')}"
 
 
-async def _subscribe_and_print(url_host: str, port: int, as_json: bool, ready: asyncio.Event) -> None:
-    async with aiomqtt.Client(url_host, port, identifier=f"edge-node-demo-viewer-{time.time_ns()}") as client:
+async def _subscribe_and_print(broker: BrokerConnection, as_json: bool, ready: asyncio.Event) -> None:
+    identifier = f"edge-node-demo-viewer-{time.time_ns()}"
+    async with aiomqtt.Client(**broker.aiomqtt_options(), identifier=identifier) as client:
         await client.subscribe(f"{PREFIX}/+/#", qos=1)
         ready.set()
         async for message in client.messages:
@@ -125,10 +127,11 @@ async def _demo(url: str, workdir: Path, seconds: float | None, as_json: bool) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host, port = config.broker.host, config.broker.port
     viewer_ready = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
-        viewer = tg.create_task(_subscribe_and_print(host, port, as_json, viewer_ready))
+        viewer = tg.create_task(
+            _subscribe_and_print(BrokerConnection.of_node(config.broker), as_json, viewer_ready)
+        )
         await viewer_ready.wait()
         daemon = tg.create_task(Daemon(config).run(stop))
         if seconds is not None:
