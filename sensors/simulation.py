@@ -214,8 +214,10 @@ class SimulatedNode:
     def close(self) -> None:
         self._stack.close()
         self._stack = contextlib.ExitStack()
-        self._pin_factory = None
+        self._pin_factory = self._i2c = None
         self.devices.clear()
+        self._components.clear()
+        self.serial_ports = []
         if self._workdir is not None:
             _remove_tree(self._workdir)
             self._workdir = None
