@@ -25,6 +25,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edge_node.broker_connection import BrokerConnection
 from operations.mosquitto import LocalBroker
 
 from .helpers import proc_cpu_s, proc_status_kb
@@ -137,6 +138,11 @@ def gateway_config(work: Path, server_port: int, source_port: int) -> Path:
     return config
 
 
+def _local(port: int) -> BrokerConnection:
+    """A broker of this benchmark on the loopback, through the one set-up (MQTT 3.1.1 as the peers speak)."""
+    return BrokerConnection.of_tool(f"mqtt://127.0.0.1:{port}", protocol="3.1.1")
+
+
 class Server:
     """The stand-in for ThingsBoard on the server broker: answers getSessionLimits, records the
     telemetry: per `seq` its arrival time, and arrival minus `sent` for each reading."""
@@ -146,7 +152,7 @@ class Server:
         self.arrived: dict[int, float] = {}
         self.latencies_ms: list[tuple[float, float]] = []  # (arrival, ms)
         self.first_at: float | None = None
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tb-stub-{port}")
+        self.client = _local(port).paho_client(f"tb-stub-{port}")
         self.client.on_connect = lambda c, *a: c.subscribe(
             [("v1/devices/me/rpc/request/+", 1), ("v1/gateway/telemetry", 1)]
         )
@@ -192,7 +198,7 @@ class Source:
     """The simulated node's side: readings published to the gateway's source broker, QoS 1."""
 
     def __init__(self, port: int):
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-node-{port}")
+        self.client = _local(port).paho_client(f"sim-node-{port}")
         self.client.max_inflight_messages_set(20)
         self.client.max_queued_messages_set(0)
         self.client.connect("127.0.0.1", port, keepalive=900)
