@@ -96,6 +96,12 @@ def register(sub) -> None:
     )
     p.add_argument("--topic-prefix", metavar="P", help="topic prefix (default city/terrassa/nodes)")
     p.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="ed25519:BASE64",
+        help="an operator's public key (edge-node keygen) for signed remote commands; repeatable",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="accept a password over plain mqtt:// (it travels in clear; writes broker.allow_insecure)",

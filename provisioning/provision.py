@@ -38,6 +38,7 @@ from typing import Any
 
 from edge_node.broker_url import parse_broker_url, refuse_clear_password
 from edge_node.config import NODE_ID_PATTERN, SECTIONS, Config, ConfigError, parse_config
+from edge_node.signing import parse_public_key
 
 from .install import (
     SERVICE,
@@ -208,6 +209,7 @@ class Plan:
     report_path: Path | None
     yes: bool
     insecure: bool = False  # a password over mqtt://, said so with --insecure
+    trusted_keys: tuple[str, ...] = ()  # operators' public keys: [remote] trusted_keys (issue 13)
 
 
 def _read_source(option: str, path: str, *, marker: str | None = None, one_line: bool = False) -> bytes:
@@ -298,7 +300,14 @@ def validate(args: argparse.Namespace) -> Plan:
     report_path = Path(args.report) if args.report is not None else None
     if report_path is not None and not report_path.absolute().parent.is_dir():
         raise UsageError(f"--report: no directory {report_path.absolute().parent}")
+    trusted_keys = tuple(getattr(args, "trusted_key", None) or ())
+    for key in trusted_keys:
+        try:
+            parse_public_key(key)
+        except ValueError as err:
+            raise UsageError(f"--trusted-key: {err}") from None
     return Plan(
+        trusted_keys=trusted_keys,
         node_id=args.node_id,
         site=args.site,
         location=location,
@@ -361,6 +370,9 @@ def config_document(plan: Plan, sensors: dict[str, dict], existing: dict[str, An
     for name, value in existing.items():
         if name not in MANAGED_SECTIONS:
             document[name] = value
+    if plan.trusted_keys:  # the operators who may change this node remotely (edge_node.remote)
+        old_remote = existing.get("remote") if isinstance(existing.get("remote"), dict) else {}
+        document["remote"] = {**old_remote, "trusted_keys": list(plan.trusted_keys)}
     document["sensors"] = merged
     return document
 

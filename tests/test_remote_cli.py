@@ -209,11 +209,28 @@ def test_rotate_password_keeps_the_new_password_only_if_the_broker_accepts_it(
             os.path.basename(kept)
         ]  # the wrong one went
         assert secret.read_text() == "old-secret\n"  # the technician's file is untouched
-        assert (
-            "new-secret" not in out
-            and b"new-secret" not in (state / "remote-layer.json").read_bytes()
-        )
+        assert "new-secret" not in out and b"new-secret" not in (state / "remote-layer.json").read_bytes()
         seq = max(rec.seqs())
         rec.wait_for(
             lambda: gaps(rec.seqs()) == [] and max(rec.seqs()) > seq + 2, what="readings on the new password"
         )
+
+
+def test_provision_writes_the_operators_keys_and_refuses_a_bad_one(tmp_path, operator_key):
+    from edge_node.cli import build_parser
+    from provisioning.provision import UsageError, config_document, dumps_toml, validate
+
+    _, public = operator_key
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    argv = [
+        "provision", "--node-id", "trs-0042", "--site", "Rambla 12", "--broker", "mqtts://broker.example:8883",
+        "--username", "trs-0042", "--password-file", str(secret), "--root", str(tmp_path / "root"),
+        "--simulate",
+    ]  # fmt: skip
+    plan = validate(build_parser("provision").parse_args([*argv, "--trusted-key", public]))
+    document = config_document(plan, {}, {"remote": {"confirm_s": 60}})
+    assert document["remote"] == {"confirm_s": 60, "trusted_keys": [public]}
+    assert f'trusted_keys = ["{public}"]' in dumps_toml(document)
+    with pytest.raises(UsageError, match="--trusted-key: must be ed25519:BASE64"):
+        validate(build_parser("provision").parse_args([*argv, "--trusted-key", "ssh-ed25519 AAAA"]))
