@@ -62,7 +62,7 @@ def test_a_staged_rollout_over_20_nodes_stops_at_the_first_failure(
         [
             sys.executable, "-m", "edge_node.cli", "simulate", "--nodes", str(FLEET), "--broker", broker.url,
             "--interval", "2", "--heartbeat", "2", "--stagger", "1", "--report-every", "0",
-            "--workdir", str(tmp_path / "fleet"), "--trusted-key", public, "--confirm", "8",
+            "--workdir", str(tmp_path / "fleet"), "--trusted-key", public, "--confirm", "6",
             "--fault", f"{FAILING}:bme280=nack",
         ],
         stdout=subprocess.DEVNULL,
@@ -89,7 +89,7 @@ def test_a_staged_rollout_over_20_nodes_stops_at_the_first_failure(
         assert report["changed"] == ["sim-001", "sim-002", "sim-003", "sim-004"]
         assert report["failed"] == [FAILING]
         assert by_node[FAILING]["detail"].startswith(
-            "config_rolled_back: not healthy within 8 s: sensor bme280"
+            "config_rolled_back: not healthy within 6 s: sensor bme280"
         )
         assert report["untouched"] == [f"sim-{i:03d}" for i in range(6, FLEET + 1)]
         assert by_node["sim-001"]["stage"] == 1 and by_node["sim-002"]["stage"] == 2
@@ -165,7 +165,7 @@ def test_rotate_password_keeps_the_new_password_only_if_the_broker_accepts_it(
                 "keepalive_s = 5",
                 f'keepalive_s = 5\nusername = "sim-rot"\npassword_file = "{secret}"\nallow_insecure = true',
             )
-            + f'\n[remote]\ntrusted_keys = ["{public}"]\nconfirm_s = 8\n'
+            + f'\n[remote]\ntrusted_keys = ["{public}"]\nconfirm_s = 6\n'
         )
         daemons.append(start_daemon(config))
         rec.wait_seq(2)
