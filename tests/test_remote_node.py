@@ -11,9 +11,11 @@ import subprocess
 import sys
 import uuid
 
+import jsonschema
 import paho.mqtt.publish as publish
 import pytest
 
+from edge_node import schemas
 from edge_node.signing import generate_key, load_signer
 
 from .conftest import PREFIX, gaps, start_daemon, write_config
@@ -190,7 +192,8 @@ def test_set_changes_the_sampling_interval_and_a_bad_value_is_refused_with_the_v
     rec.wait_for(lambda: last_heartbeat(rec)["config_hash"] == new_hash, what="the new hash in the heartbeat")
     assert [s for s in rec.payloads("/status") if s["state"] == "online"][-1]["config_hash"] == new_hash
     assert gaps(rec.seqs()) == [] and min(rec.seqs()) == 1
-    layer = json.loads((tmp_path / "state" / "remote-layer.json").read_text())
+    layer_file = tmp_path / "state" / "remote-layer.json"
+    layer = json.loads(layer_file.read_text())
     assert layer["values"] == {"sensors.bme280.interval_s": 3} and layer["id"] == good["id"]
     assert "interval_s = 1" in config.read_text()  # the technician's file is the base, untouched
     shown = subprocess.run(
@@ -206,6 +209,23 @@ def test_set_changes_the_sampling_interval_and_a_bad_value_is_refused_with_the_v
         [sys.executable, "-m", "edge_node.cli", "status", "-c", str(config)], capture_output=True, text=True
     ).stdout
     assert "remote layer: sensors.bme280.interval_s=3" in text
+
+    # unset drops the key from the layer, rollback empties it: back to the technician's file.
+    extra = envelope("set", {"values": {"health.heartbeat_s": 2}})
+    send(broker, "set", signer.seal(extra))
+    wait_reply(rec, "set", extra["id"], "confirmed")
+    dropped = envelope("unset", {"keys": ["sensors.bme280"]})
+    send(broker, "unset", signer.seal(dropped))
+    wait_reply(rec, "unset", dropped["id"], "confirmed")
+    assert json.loads(layer_file.read_text())["values"] == {"health.heartbeat_s": 2}
+    back = envelope("rollback")
+    sealed = signer.seal(back)
+    jsonschema.validate(sealed, schemas.load("envelope"))
+    jsonschema.validate(json.loads(sealed["body"]), schemas.load("envelope")["$defs"]["command"])
+    send(broker, "rollback", sealed)
+    assert wait_reply(rec, "rollback", back["id"], "confirmed")["config_hash"] == hash_before
+    assert json.loads(layer_file.read_text())["values"] == {}
+    rec.wait_for(lambda: last_heartbeat(rec)["config_hash"] == hash_before, what="the base's hash again")
     assert rec.invalid == []
 
 
