@@ -71,10 +71,17 @@ class Signer:
 
 def generate_key(path: str | os.PathLike[str]) -> str:
     """Write a new private key to `path` (0600, refusing to overwrite) and return its public key."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
+    _write_private_key(path, key)
+    return Signer(key).public
+
+
+def _write_private_key(path: str | os.PathLike[str], key) -> None:
+    """PEM (PKCS#8) in a new 0600 file; never over an existing one, never through a symlink."""
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -83,7 +90,6 @@ def generate_key(path: str | os.PathLike[str]) -> str:
         file.write(pem)
         file.flush()
         os.fsync(file.fileno())
-    return Signer(key).public
 
 
 def load_signer(path: str | os.PathLike[str]) -> Signer:
@@ -148,14 +154,7 @@ def node_key(path: str | os.PathLike[str]) -> str:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError:
         key = X25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
+        _write_private_key(path, key)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return NODE_KEY_PREFIX + base64.b64encode(raw).decode()
 

@@ -773,13 +773,8 @@ def connect(
 # -- CLI ----------------------------------------------------------------------------------------
 
 
-def register(sub) -> argparse.ArgumentParser:
-    """Add the `fleet` subcommand to `edge-node`'s subparsers."""
-    p = sub.add_parser(
-        "fleet",
-        help="the operator's view of all nodes: state, backlog, gaps, faults, vitals, needs a visit",
-        description="Exit 1 when any node needs a visit (rules: pydoc operations.fleet), 0 otherwise.",
-    )
+def add_broker_arguments(p: argparse.ArgumentParser) -> None:
+    """The broker options every operator tool takes (fleet, remote)."""
     p.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST[:PORT] or mqtts://...")
     p.add_argument("--username", metavar="U")
     p.add_argument(
@@ -788,6 +783,24 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
     p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
     p.add_argument("--topic-prefix", metavar="P", default=DEFAULT_PREFIX, help=f"default {DEFAULT_PREFIX}")
+
+
+def read_password(args: argparse.Namespace) -> str | None:
+    """--password-file's password without its trailing newline; OSError if it cannot be read."""
+    if not args.password_file:
+        return None
+    with open(args.password_file, encoding="utf-8") as f:
+        return f.read().rstrip("\r\n")
+
+
+def register(sub) -> argparse.ArgumentParser:
+    """Add the `fleet` subcommand to `edge-node`'s subparsers."""
+    p = sub.add_parser(
+        "fleet",
+        help="the operator's view of all nodes: state, backlog, gaps, faults, vitals, needs a visit",
+        description="Exit 1 when any node needs a visit (rules: pydoc operations.fleet), 0 otherwise.",
+    )
+    add_broker_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of per-node objects")
     p.add_argument("--watch", action="store_true", help="a live table, refreshed every second")
     p.add_argument("--listen", metavar="S", type=float, default=3.0, help="seconds to listen (default 3)")
@@ -826,14 +839,11 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
     if args.max_nodes < 1:
         print(f"edge-node fleet: --max-nodes must be >= 1 (got {args.max_nodes})", file=sys.stderr)
         return 2
-    password = None
-    if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                password = f.read().rstrip("\r\n")
-        except OSError as err:
-            print(f"edge-node fleet: cannot read --password-file: {err}", file=sys.stderr)
-            return 2
+    try:
+        password = read_password(args)
+    except OSError as err:
+        print(f"edge-node fleet: cannot read --password-file: {err}", file=sys.stderr)
+        return 2
     from .inventory import InventoryError, load_inventory
 
     try:

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 from edge_node.config import NODE_ID_PATTERN
 
-DEFAULT_PREFIX = "city/terrassa/nodes"
+from .fleet import add_broker_arguments
+
 CHANGES = ("set", "unset", "rollback", "rotate-password")
 MAX_MESSAGE_BYTES = 65_536
 NODE_ID = re.compile(NODE_ID_PATTERN)
@@ -346,16 +347,15 @@ def print_table(report: dict, out) -> None:
     lines = []
     if report["stopped_at"]:
         lines.append(f"STOPPED: {report['stopped_at']} failed; no later stage was started.")
-    if report["changed"]:
-        lines.append(f"changed: {', '.join(report['changed'])}")
-    if report["failed"]:
-        lines.append(f"failed (each kept or went back to its previous config): {', '.join(report['failed'])}")
-    if report["pending"]:
-        lines.append(f"pending (offline, receive it when they return): {', '.join(report['pending'])}")
-    if report["untouched"]:
-        lines.append(f"untouched: {', '.join(report['untouched'])}")
-    if report["never_seen"]:
-        lines.append(f"never seen (in the inventory, never reported): {', '.join(report['never_seen'])}")
+    for key, label in (
+        ("changed", "changed"),
+        ("failed", "failed (each kept or went back to its previous config)"),
+        ("pending", "pending (offline, receive it when they return)"),
+        ("untouched", "untouched"),
+        ("never_seen", "never seen (in the inventory, never reported)"),
+    ):
+        if report[key]:
+            lines.append(f"{label}: {', '.join(report[key])}")
     lines.append("ALL CONFIRMED" if report["ok"] else "NOT CONFIRMED everywhere")
     console.print("\n".join(lines), markup=False)
 
@@ -397,14 +397,7 @@ def register(sub) -> None:
         help="signed commands to nodes: set/unset/show config, rollback, selftest, detect, restart",
         description=__doc__.split("\n\n")[2].replace("\n", " "),
     )
-    p.add_argument("--broker", metavar="URL", required=True, help="mqtt://HOST[:PORT] or mqtts://...")
-    p.add_argument("--username", metavar="U")
-    p.add_argument(
-        "--password-file", metavar="F", help="file holding the password (trailing newline ignored)"
-    )
-    p.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
-    p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
-    p.add_argument("--topic-prefix", metavar="P", default=DEFAULT_PREFIX, help=f"default {DEFAULT_PREFIX}")
+    add_broker_arguments(p)
     p.add_argument(
         "--key", required=True, metavar="FILE", help="the operator's private key (edge-node keygen)"
     )
@@ -501,7 +494,7 @@ def _command(args: argparse.Namespace) -> tuple[str, dict]:
 def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
     from edge_node.signing import load_signer
 
-    from .fleet import BrokerError, connect
+    from .fleet import BrokerError, connect, read_password
     from .inventory import load_inventory
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -519,14 +512,11 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
     except (ValueError, OSError) as problem:
         print(f"edge-node remote: {problem}", file=err)
         return 2
-    password = None
-    if args.password_file:
-        try:
-            with open(args.password_file, encoding="utf-8") as f:
-                password = f.read().rstrip("\r\n")
-        except OSError as problem:
-            print(f"edge-node remote: cannot read --password-file: {problem}", file=err)
-            return 2
+    try:
+        password = read_password(args)
+    except OSError as problem:
+        print(f"edge-node remote: cannot read --password-file: {problem}", file=err)
+        return 2
     watch = FleetWatch(args.topic_prefix)
     try:
         client = connect(
