@@ -97,11 +97,16 @@ def load_signer(path: str | os.PathLike[str]) -> Signer:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a PEM private key without a passphrase ({err})") from None
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{path}: not a PEM private key without a passphrase (make one with `edge-node keygen`)"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 key (make one with `edge-node keygen`)")
     return Signer(key)
