@@ -49,9 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RulesError as err:
         return _fail("serve", str(err), 2)
     try:
-        db.open(read_only=True).close()
-    except DatabaseError as err:
-        return _fail("serve", str(err), 1)
+        # A fresh database gets the schema (an empty city until ingest fills it); where the
+        # service may only read, it must find the schema there.
+        db.open().close()
+    except DatabaseError:
+        try:
+            db.open(read_only=True).close()
+        except DatabaseError as err:
+            return _fail("serve", str(err), 1)
     _logging(args.verbose)
     log = logging.getLogger("city.serve")
 

@@ -178,7 +178,10 @@ class Database:
                         f"{self.redacted()} has no edge-node schema (run `edge-node ingest` first): {err}"
                     ) from err
             else:
-                self.migrate(conn)
+                try:
+                    self.migrate(conn)
+                except self.errors as err:
+                    raise DatabaseError(f"{self.redacted()}: cannot apply the schema: {err}") from err
         except BaseException:
             conn.close()
             raise

@@ -85,3 +85,24 @@ def test_serve_answers_json_with_an_openapi_description(city_dsn):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_serve_on_a_fresh_database_starts_with_an_empty_city(tmp_path):
+    proc, base = serve(f"sqlite:///{tmp_path / 'new' / 'city.db'}")
+    try:
+        assert get(f"{base}/api/nodes") == (200, [])
+        assert get(f"{base}/api/gaps") == (200, [])
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_export_of_a_database_without_the_schema_is_one_line_and_exit_1(tmp_path):
+    dsn = f"sqlite:///{tmp_path}/none.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node.cli", "export", "--db", dsn, "--format", "csv"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("edge-node export: cannot open sqlite:///")
