@@ -710,7 +710,16 @@ def run_ingest(args: argparse.Namespace, db: Database) -> int:
     except (OSError, socket.gaierror) as err:
         print(f"edge-node ingest: cannot reach broker {settings.url}: {err}", file=sys.stderr)
         return 1
-    if not consumer.connected.wait(10):
+    deadline = time.monotonic() + 10
+    while not consumer.connected.wait(0.1) and time.monotonic() < deadline:
+        if consumer.refused:  # wrong credentials or protocol: retrying will not help
+            consumer.stop()
+            print(
+                f"edge-node ingest: broker {settings.url} refused the connection: {consumer.refused}",
+                file=sys.stderr,
+            )
+            return 1
+    if not consumer.connected.is_set():
         log.warning("no connection to %s yet; still trying", settings.url)
     last_stats = time.monotonic()
     reported = Counts()

@@ -203,3 +203,14 @@ def test_bad_usage_is_one_line_and_exit_2(city_dsn):
         out.stderr.strip()
         == 'edge-node ingest: --broker: must start with mqtt:// or mqtts:// (got "http://x")'
     )
+
+
+def test_a_broker_that_refuses_the_protocol_ends_ingest_with_one_line(tmp_path):
+    from tests.aedes_broker import LocalAedes
+
+    with LocalAedes(tmp_path / "aedes.log") as aedes:  # MQTT 3.1.1 only: a v5 CONNECT is refused
+        out = edge_node("ingest", "--broker", aedes.url, "--db", f"sqlite:///{tmp_path}/city.db")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"edge-node ingest: broker {aedes.url} refused the connection: Unsupported protocol version"
+    )
