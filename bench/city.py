@@ -14,6 +14,7 @@ what is measured is the consumer, from its first stored reading to its last, not
 
 from __future__ import annotations
 
+import calendar
 import json
 import shutil
 import subprocess
@@ -124,7 +125,8 @@ def count(dsn: str) -> int:
     db = Database(dsn)
     conn = db.connect()
     try:
-        return db.execute(conn, "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM nodes").fetchone()[0]
+        row = db.execute(conn, "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM nodes").fetchone()
+        return int(row[0])
     except db.errors:
         return 0
     finally:
@@ -141,7 +143,7 @@ def storing_span_s(dsn: str) -> float:
         conn.close()
 
     def epoch(ts: str) -> float:
-        return time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+        return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
 
     return epoch(last) - epoch(first)
 
@@ -199,6 +201,73 @@ def export_rss_mb(dsn: str, *args: str) -> float:
     return round(int(out.stderr.strip().splitlines()[-1]) / 1024, 1)
 
 
+def city_storm(pg: LocalPostgres, nodes: int, work: Path) -> dict:
+    """Real simulated nodes (`edge-node simulate`, one process), each with an hour of history in
+    its buffer (`--history 1`), all starting at once against a broker that ingest (PostgreSQL,
+    one worker) already listens on: from the simulator's start to the last history reading
+    stored, once every node's seqs are stored from 1 with no gap and no backfill arrives any more."""
+    dsn = pg.create_database("bench_storm")
+    db = Database(dsn)
+    db.open().close()
+    log = work / "ingest.log"
+    broker = LocalBroker(workdir=str(work / "broker"))
+
+    def query(statement: str):
+        conn = db.connect()
+        try:
+            return db.execute(conn, statement).fetchone()
+        finally:
+            conn.close()
+
+    with broker:
+        with open(log, "ab") as out:
+            ingest = subprocess.Popen(ingest_cmd(broker, dsn, 0, 1), stdout=out, stderr=out)
+        simulate = None
+        try:
+            deadline = time.monotonic() + 30
+            while "subscribed" not in log.read_text():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("ingest did not subscribe")
+                time.sleep(0.05)
+            started = time.time()
+            simulate = subprocess.Popen(
+                [sys.executable, "-m", "edge_node.cli", "simulate", "--nodes", str(nodes),
+                 "--broker", broker.url, "--history", "1", "--interval", "10", "--stagger", "0",
+                 "--backfill-rate", "0", "--workdir", str(work / "sim"), "--seconds", "900"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            backfill, settled_since, complete = -1, None, False
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and simulate.poll() is None:
+                time.sleep(0.5)
+                from_one = query("SELECT COUNT(*) FROM nodes WHERE first_seq = 1")[0]
+                gaps = query("SELECT COUNT(*) FROM gaps WHERE closed_at IS NULL")[0]
+                count = query("SELECT COUNT(*) FROM readings WHERE backfill")[0]
+                if count != backfill or from_one < nodes or gaps:
+                    backfill, settled_since = count, time.monotonic()
+                elif time.monotonic() - settled_since > 3:
+                    complete = True
+                    break
+            cpu = proc_cpu_s(ingest.pid)
+            last = query("SELECT MAX(received_at) FROM readings WHERE backfill")[0]
+        finally:
+            if simulate is not None:
+                terminate(simulate, 30)
+            terminate(ingest, 20)
+    if not complete or last is None:
+        return {"nodes": nodes, "complete": False, "history_readings_stored": backfill}
+    last_epoch = calendar.timegm(time.strptime(last[:19], "%Y-%m-%dT%H:%M:%S"))
+    elapsed = last_epoch + int(last[20:23]) / 1000 - started
+    return {
+        "nodes": nodes,
+        "complete": True,
+        "history_readings": backfill,
+        "seconds_to_all_stored": round(elapsed, 1),
+        "readings_s": round(backfill / elapsed),
+        "ingest_cpu_s": round(cpu, 1),
+    }
+
+
 def fig_city(b) -> None:
     nodes = 60 if b.quick else 300
     live_nodes, live_per_node = (200, 25) if b.quick else (1000, 30)
@@ -242,6 +311,10 @@ def fig_city(b) -> None:
                         small = export_rss_mb(dsn, "--format", "csv", "--to", iso(time.time() - HOUR + 240))
                         big = export_rss_mb(dsn, "--format", "csv")
                         results["export_csv_rss_mb_sqlite"] = {"small_window": small, "whole": big}
+        storm_dir = work / "storm"
+        storm_dir.mkdir()
+        results["storm"] = city_storm(pg, 60 if b.quick else 300, storm_dir)
+        print(f"storm: {results['storm']}", flush=True)
     finally:
         pg.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -265,6 +338,12 @@ def fig_city(b) -> None:
         ("sqlite_2w_backlog", "ingest, same backlog, SQLite, two workers"),
     ):
         b.add(f"city_ingest_{name}", title, rate(name), "readings/s", **results.get(name, {}))
+    storm = results.get("storm", {})
+    b.add(
+        "city_storm",
+        f"{storm.get('nodes')} simulated nodes, an hour of history each, at once -> ingest (PostgreSQL)",
+        storm.get("seconds_to_all_stored"), "s to all stored", **storm,
+    )  # fmt: skip
     b.add("city_cases", "ingest cases (details)", len(results), "cases", cases=results)
 
 
