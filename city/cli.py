@@ -140,7 +140,9 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     from . import queries
     from .db import DatabaseError
 
-    db = _database("ingest gaps", args.gaps_db)
+    if not (args.gaps_db or args.db):
+        return _fail("ingest gaps", "--db DSN is required", 2)
+    db = _database("ingest gaps", args.gaps_db or args.db)
     try:
         conn = db.open(read_only=True)
         try:
@@ -185,7 +187,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from . import queries
     from .db import DatabaseError
 
-    db = _database("ingest quarantine", args.gaps_db)
+    if not (args.gaps_db or args.db):
+        return _fail("ingest quarantine", "--db DSN is required", 2)
+    db = _database("ingest quarantine", args.gaps_db or args.db)
     try:
         conn = db.open(read_only=True)
         try:
@@ -250,13 +254,13 @@ def register(sub) -> None:
     ingest.set_defaults(func=cmd_ingest)
     ingest_sub = ingest.add_subparsers(dest="ingest_command", metavar="{gaps,quarantine}")
     gaps = ingest_sub.add_parser("gaps", help="list the open gaps: seqs nodes sent that are not stored")
-    gaps.add_argument("--db", dest="gaps_db", metavar="DSN", required=True)
+    gaps.add_argument("--db", dest="gaps_db", metavar="DSN", help="(or ingest's own --db)")
     gaps.add_argument("--node", metavar="ID", help="only this node")
     gaps.add_argument("--json", action="store_true")
     quarantine = ingest_sub.add_parser(
         "quarantine", help="what was quarantined, counted by reason, and the latest"
     )
-    quarantine.add_argument("--db", dest="gaps_db", metavar="DSN", required=True)
+    quarantine.add_argument("--db", dest="gaps_db", metavar="DSN", help="(or ingest's own --db)")
     quarantine.add_argument("--limit", type=int, default=20, metavar="N", help="latest rows to show (20)")
     quarantine.add_argument("--json", action="store_true")
 
