@@ -81,6 +81,13 @@ def rotate_password(remote, args: dict, envelope: dict) -> dict:
     )
 
 
+def update(remote, args: dict, envelope: dict) -> dict:
+    """A software release to fetch, install side by side and switch to (edge_node/updater.py)."""
+    from .updater import update_command
+
+    return update_command(remote, args, envelope)
+
+
 def restart(remote, args: dict, envelope: dict) -> dict:
     remote.restart()
     return {"ok": True, "state": "restarting", "config_hash": remote.config.config_hash}
@@ -133,4 +140,5 @@ HANDLERS = {
     "selftest": selftest,
     "detect": detect,
     "rotate-password": rotate_password,
+    "update": update,
 }

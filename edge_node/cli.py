@@ -63,16 +63,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await NodeRemote(args.config).run(stop)  # the pipeline, restarted on remote config changes
+        remote = NodeRemote(args.config)
+        if not _update_state_present(config):
+            await remote.run(stop)  # the pipeline, restarted on remote config changes
+            return
+        from .updater import for_remote  # a software update under way, on trial or rolled back
+
+        async with asyncio.TaskGroup() as tg:
+            updates = tg.create_task(for_remote(remote).run(stop))
+            await remote.run(stop)
+            updates.cancel()
 
     try:
         asyncio.run(main())
+        if (updater := sys.modules.get("edge_node.updater")) is not None and updater.restart_requested:
+            return updater.RESTART_EXIT  # systemd restarts the unit into the version now current
     except BufferPathError as err:  # not a failing card: the configured path cannot hold a buffer
         raise ConfigError(config.source, "buffer.path", str(err)) from err
     except (StoreError, OSError) as err:  # the buffer cannot be opened: say so, let systemd retry
         logging.getLogger("edge_node").error("%s", err)
         return 1
     return 0
+
+
+def _update_state_present(config) -> bool:
+    """Anything for edge_node.updater at this start; two stats, so an idle node imports nothing."""
+    return (config.update.root / "update.json").exists() or (
+        config.buffer.path.parent / "update-job.json"
+    ).exists()
 
 
 def register_run(sub) -> None:

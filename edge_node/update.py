@@ -81,12 +81,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_state(root: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; {} when there is none or it cannot be read."""
     try:
-        data = json.loads((Path(root) / STATE).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_state(root: Path) -> dict:
+    return read_json(Path(root) / STATE)
 
 
 def current_version(root: Path) -> str | None:

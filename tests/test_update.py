@@ -7,17 +7,25 @@ The wheelhouse (this project's dependencies as wheels) is made once per session 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 
+import paho.mqtt.publish as publish
 import pytest
 
 from edge_node import __version__, update
 from edge_node.signing import generate_key, load_signer
+
+from .conftest import PREFIX, gaps, start_daemon, write_config
+from .release_server import ReleaseServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PARTS = [
@@ -41,8 +49,9 @@ def edge_node_cli(*args: str, check: bool = False) -> subprocess.CompletedProces
     return result
 
 
-def source_at(version: str, where: Path) -> Path:
-    """A copy of this project whose version is `version` (what a later release would be)."""
+def source_at(version: str, where: Path, *, bug: tuple[str, str, str] | None = None) -> Path:
+    """A copy of this project whose version is `version` (what a later release would be); `bug`
+    (file, text, replacement) makes it a release that starts and then fails."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for part in SOURCE_PARTS:
         shutil.copytree(ROOT / part, where / part, symlinks=True, ignore=ignore)
@@ -53,6 +62,10 @@ def source_at(version: str, where: Path) -> Path:
         pyproject.read_text().replace(f'version = "{__version__}"', f'version = "{version}"', 1)
     )
     (where / "edge_node" / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    if bug:
+        path = where / bug[0]
+        assert bug[1] in path.read_text()
+        path.write_text(path.read_text().replace(bug[1], bug[2], 1))
     return where
 
 
@@ -78,11 +91,13 @@ def wheelhouse(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def releases(tmp_path_factory, wheelhouse, keys) -> dict[str, Path]:
-    """Signed releases of this project at 0.1.0 (what runs) and 0.2.0, built offline."""
+    """Signed releases of this project, built offline: 0.1.0 (what runs), 0.2.0, and 0.3.0 with a
+    bug that keeps it from the broker (it starts, then fails its health check)."""
     made = {}
-    for version in (__version__, "0.2.0"):
+    bad = ("edge_node/broker_connection.py", "port=broker.port,", "port=broker.port + 1,")
+    for version in (__version__, "0.2.0", "0.3.0"):
         where = tmp_path_factory.mktemp(f"release-{version}")
-        source = source_at(version, where / "src")
+        source = source_at(version, where / "src", bug=bad if version == "0.3.0" else None)
         out = where / "release"
         edge_node_cli(
             "release", "build", "--key", str(keys["ops"]), "--out", str(out), "--source", str(source),
@@ -302,3 +317,200 @@ def test_an_install_cut_short_is_redone(opt):
     assert update.status(opt)["installed"] == [__version__, "0.2.0"]  # not a version
     with pytest.raises(update.UpdateRefused, match="not installed"):
         update.switch(opt, "0.3.0")
+
+
+# -- over the air: a node run as systemd runs it, a release served over HTTP, commands over MQTT ---
+
+
+class Unit:
+    """What systemd does with edge-node.service here: ExecStartPre (the update check, with the
+    system's Python), ExecStart from `current`, Restart=on-failure."""
+
+    def __init__(self, root: Path, config: Path, log: Path):
+        self.root, self.config, self.log = root, config, log
+        self.proc: subprocess.Popen | None = None
+        self.exits: list[int] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        with open(self.log, "ab") as log:
+            while not self.stopping:
+                log.write(f"--- ExecStartPre: {run_check(self.root)}\n".encode())
+                log.flush()
+                self.proc = subprocess.Popen(
+                    [self.root / "current" / "venv" / "bin" / "edge-node", "run", "-c", self.config],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                code = self.proc.wait()
+                self.exits.append(code)
+                if self.stopping or code == 0:
+                    return
+                time.sleep(0.5)  # RestartSec
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+        self.thread.join(30)
+
+
+def node_root(tmp_path: Path, opt: Path) -> Path:
+    """A node's own /opt/edge-node running 0.1.0. Its 0.1.0 is the session's install, linked (a
+    version's directory is only ever read once installed; a venv cannot be copied elsewhere)."""
+    root = tmp_path / "opt" / "edge-node"
+    (root / "versions").mkdir(parents=True)
+    (root / "versions" / __version__).symlink_to(opt / "versions" / __version__)
+    shutil.copy(opt / update.CHECK_SCRIPT, root / update.CHECK_SCRIPT)  # as update.install leaves it
+    update.switch(root, __version__)
+    return root
+
+
+def ota_config(tmp_path: Path, url: str, keys, root: Path, *, node_id="trs-ota", confirm_s=8, max_kbps=0):
+    config = write_config(tmp_path, url, node_id=node_id)
+    with open(config, "a") as file:
+        file.write(
+            f'\n[remote]\ntrusted_keys = ["{keys["ops_public"]}"]\n'
+            f'[update]\nroot = "{root}"\nconfirm_s = {confirm_s}\nmax_kbps = {max_kbps}\n'
+        )
+    return config
+
+
+def send_update(broker, keys, version: str, url: str, node: str = "trs-ota", **args) -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    doc = {
+        "cmd": "update",
+        "args": {"version": version, "url": url, **args},
+        "node": node,
+        "id": uuid.uuid4().hex,
+        "issued": now.isoformat(),
+        "expires": (now + datetime.timedelta(minutes=10)).isoformat(),
+    }
+    body = json.dumps(load_signer(keys["ops"]).seal(doc))
+    publish.single(f"{PREFIX}/{node}/cmd/update", body, qos=1, hostname="127.0.0.1", port=broker.port)
+    return doc["id"]
+
+
+def update_replies(rec, command_id: str) -> list[dict]:
+    return [r for r in rec.payloads("/cmd/update/reply") if r.get("id") == command_id]
+
+
+def wait_update(rec, command_id: str, state: str, timeout: float = 90) -> dict:
+    rec.wait_for(
+        lambda: any(r.get("state") == state for r in update_replies(rec, command_id)),
+        timeout=timeout,
+        what=f"update {state} ({[r.get('state') for r in update_replies(rec, command_id)]})",
+    )
+    return next(r for r in update_replies(rec, command_id) if r.get("state") == state)
+
+
+def online_versions(rec, node="trs-ota") -> list[str]:
+    return [s.get("version") for s in rec.payloads(f"{node}/status") if s.get("state") == "online"]
+
+
+def wait_listening(rec, broker, node="trs-ota", timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answered = len(rec.payloads(f"{node}/cmd/ping/reply"))
+        publish.single(f"{PREFIX}/{node}/cmd/ping", b"", qos=1, hostname="127.0.0.1", port=broker.port)
+        try:
+            rec.wait_for(lambda n=answered: len(rec.payloads(f"{node}/cmd/ping/reply")) > n, 1, "pong")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"{node} never answered a ping")
+
+
+@pytest.fixture
+def units():
+    started: list[Unit] = []
+    yield started
+    for unit in started:
+        unit.stop()
+
+
+def test_an_update_over_a_dropped_link_installs_switches_and_confirms(
+    tmp_path, broker, recorder_factory, releases, keys, units, opt
+):
+    rec = recorder_factory(broker.port)
+    root = node_root(tmp_path, opt)
+    server = ReleaseServer(releases["0.2.0"])
+    wheel = next(releases["0.2.0"].glob("edge_node-*.whl")).name
+    server.drop_after[wheel] = 20_000  # the link drops 20 kB into the project's wheel
+    try:
+        units.append(Unit(root, ota_config(tmp_path, broker.url, keys, root), tmp_path / "node.log"))
+        wait_listening(rec, broker)
+        command_id = send_update(broker, keys, "0.2.0", server.url)
+        assert wait_update(rec, command_id, "applying", 20)["version"] == "0.2.0"
+        switching = wait_update(rec, command_id, "switching")
+        confirmed = wait_update(rec, command_id, "confirmed")
+    finally:
+        server.close()
+    assert switching["version"] == confirmed["version"] == "0.2.0"
+    assert (wheel, "bytes=20000-") in server.requests  # resumed where the link dropped
+    assert update.current_version(root) == "0.2.0" and update.status(root)["good"] == "0.2.0"
+    assert online_versions(rec)[0] == __version__ and online_versions(rec)[-1] == "0.2.0"
+    seq = max(rec.seqs())
+    rec.wait_seq(seq + 3)  # the new version samples and delivers on
+    assert gaps(rec.seqs()) == [] and rec.invalid == []
+    assert units[0].exits == [75]  # one restart, into the new version
+
+
+def test_a_release_failing_its_health_check_is_rolled_back_by_the_node(
+    tmp_path, broker, recorder_factory, releases, keys, units, opt
+):
+    rec = recorder_factory(broker.port)
+    root = node_root(tmp_path, opt)
+    server = ReleaseServer(releases["0.3.0"])
+    try:
+        units.append(
+            Unit(root, ota_config(tmp_path, broker.url, keys, root, confirm_s=6), tmp_path / "node.log")
+        )
+        wait_listening(rec, broker)
+        command_id = send_update(broker, keys, "0.3.0", server.url)
+        wait_update(rec, command_id, "switching")
+        rolled = wait_update(rec, command_id, "rolled_back")
+    finally:
+        server.close()
+    assert not rolled["ok"] and rolled["version"] == __version__
+    assert rolled["error"].startswith(
+        "update_rolled_back: not healthy within 6 s: not connected to the broker"
+    )
+    assert update.current_version(root) == __version__ and update.status(root)["good"] == __version__
+    rec.wait_for(lambda: online_versions(rec)[-1:] == [__version__] and len(online_versions(rec)) >= 2,
+                 what="online again on the old version")  # fmt: skip
+    seq = max(rec.seqs())
+    rec.wait_seq(seq + 3)
+    assert gaps(rec.seqs()) == [] and rec.invalid == []
+
+
+def test_tampered_and_unsigned_releases_are_refused_while_the_node_samples_on(
+    tmp_path, broker, recorder_factory, releases, keys, daemons
+):
+    """No venv needed: the node refuses before it installs anything (its root stays empty)."""
+    rec = recorder_factory(broker.port)
+    root = tmp_path / "opt"
+    daemons.append(start_daemon(ota_config(tmp_path, broker.url, keys, root)))
+    wait_listening(rec, broker)
+    tampered = ReleaseServer(releases["0.2.0"])
+    tampered.corrupt.add(next(releases["0.2.0"].glob("aiomqtt-*.whl")).name)  # a byte changed on the way
+    unsigned_dir = shutil.copytree(releases["0.2.0"], tmp_path / "unsigned")
+    body = json.loads(json.loads((unsigned_dir / "manifest.json").read_text())["body"])
+    (unsigned_dir / "manifest.json").write_text(json.dumps(body))
+    unsigned = ReleaseServer(unsigned_dir)
+    try:
+        seq = max(rec.seqs(), default=0)
+        first = send_update(broker, keys, "0.2.0", tampered.url)
+        refused = wait_update(rec, first, "refused")
+        assert refused["error"].startswith("cmd/update: tampered: aiomqtt-")
+        second = send_update(broker, keys, "0.2.0", unsigned.url)
+        assert "unsigned" in wait_update(rec, second, "refused")["error"]
+    finally:
+        tampered.close()
+        unsigned.close()
+    assert not (root / "versions").exists() or not any((root / "versions").iterdir())
+    assert not (tmp_path / "state" / "update").exists() or not any((tmp_path / "state" / "update").iterdir())
+    rec.wait_seq(seq + 3)  # sampling and forwarding went on throughout
+    assert gaps(rec.seqs()) == [] and rec.invalid == []
