@@ -73,6 +73,15 @@ class Database:
 
         return (psycopg.IntegrityError,)
 
+    def refused(self, err: BaseException) -> bool:
+        """The database answered but refused a statement (a value out of range, a constraint):
+        not a database that is away, which every statement would meet again."""
+        if self.dialect == "sqlite":
+            return isinstance(err, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError))
+        import psycopg
+
+        return isinstance(err, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError))
+
     def sql(self, statement: str) -> str:
         return statement.replace("%s", "?") if self.dialect == "sqlite" else statement
 

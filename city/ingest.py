@@ -22,7 +22,8 @@ worker stores them (an idempotent upsert). Writers of one node serialise on its 
 
 Bad input never stops the consumer and is never dropped silently: it goes to the quarantine
 table with a reason (malformed, schema, topic, no_status, absurd_ts, seq_conflict,
-seq_backwards) and is counted in the log.
+seq_backwards, rejected) and is counted in the log. A batch the database refuses (or that ingest
+fails on) is stored message by message, the one at fault quarantined as `rejected`.
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def _iso(epoch: float) -> str:
 
 def _epoch(ts: str) -> float:
     return epoch(ts)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def _dump(obj) -> str:
@@ -437,6 +443,16 @@ class Storage:
             node_rows,
         )
 
+    def quarantine_one(self, conn, message: Message, reason: str, detail: str) -> None:
+        self._quarantine(
+            conn, [(message, self._topic_node(message.topic), reason, detail)], utc_now(), Counts()
+        )
+
+    def _topic_node(self, topic: str) -> str | None:
+        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
+        node = rest.split("/")[0]
+        return node if NODE_ID.match(node) else None
+
     def _quarantine(self, conn, entries: list[tuple], now: str, counts: Counts) -> None:
         rows = []
         for message, node, reason, detail, *item in entries:
@@ -662,6 +678,10 @@ class Writer:
                         "readings of this batch were stored meanwhile by another worker; storing the rest"
                     )
                     continue
+                if self.db.refused(err):
+                    # The database is there but refuses something in this batch: find which
+                    # message, quarantine it, store the rest; a poison message must not stall all.
+                    return self._isolate(batch, stop)
                 self._drop_connection()
                 if self.down_since is None:
                     self.down_since = time.monotonic()
@@ -675,11 +695,49 @@ class Writer:
                     return False
                 delay = min(delay * 2, 5.0)
                 continue
+            except Exception:  # our bug on some message of the batch: find it
+                log.exception("storing a batch of %d messages failed", len(batch))
+                return self._isolate(batch, stop)
             if self.down_since is not None:
                 log.info("database back after %.1f s", time.monotonic() - self.down_since)
                 self.down_since = None
             self.totals.add(counts)
             return True
+
+    def _isolate(self, batch: list[Message], stop: threading.Event) -> bool:
+        counts = self._one_by_one(batch, stop)
+        if counts is None:
+            return False
+        self.totals.add(counts)
+        return True
+
+    def _one_by_one(self, batch: list[Message], stop: threading.Event) -> Counts | None:
+        """Each message in its own transaction; one the database refuses (or that our code cannot
+        handle) is quarantined. None when the database went away meanwhile and we were asked to
+        stop; then nothing of the batch is acknowledged (what was stored is a no-op again)."""
+        counts = Counts()
+        for message in batch:
+            try:
+                conn = self._connection()
+                with self.db.transaction(conn):
+                    counts.add(self.storage.store(conn, [message]))
+                continue
+            except (DatabaseError, *self.db.errors) as err:
+                if not self.db.refused(err):
+                    return Counts() if self.commit(batch, stop) else None  # away after all
+                problem = f"the database refused it: {_first_line(err)}"
+            except Exception as err:  # our bug, met on this message: never a crash loop
+                log.exception("cannot store %s", message.topic)
+                problem = f"ingest failed on it: {type(err).__name__}: {_first_line(err)}"
+            log.warning("%s: %s; quarantined", message.topic, problem)
+            try:
+                conn = self._connection()
+                with self.db.transaction(conn):
+                    self.storage.quarantine_one(conn, message, "rejected", problem)
+            except (DatabaseError, *self.db.errors):
+                return Counts() if self.commit(batch, stop) else None
+            counts.quarantined["rejected"] += 1
+        return counts
 
     def close(self) -> None:
         self._drop_connection()

@@ -83,12 +83,46 @@ def schema_error(kind: str, data: dict) -> str | None:
 
 
 def check(kind: str, data: dict) -> None:
-    """Raise Invalid("schema", ...) unless `data` is a valid `kind` payload."""
-    if kind == "reading" and _reading_ok(data):
-        return
-    message = schema_error(kind, data)
-    if message is not None:
-        raise Invalid("schema", message)
+    """Raise Invalid("schema", ...) unless `data` is a valid `kind` payload whose numbers a
+    database column can hold."""
+    if not (kind == "reading" and _reading_ok(data)):
+        message = schema_error(kind, data)
+        if message is not None:
+            raise Invalid("schema", message)
+    problem = _out_of_range(kind, data)
+    if problem:
+        raise Invalid("schema", f"{kind}: {problem}")
+
+
+MAX_BIGINT = 2**63 - 1
+
+
+def _out_of_range(kind: str, data: dict) -> str | None:
+    """What JSON allows and the schemas do not bound but a BIGINT or a DOUBLE cannot hold
+    (1e400 parses as infinity; a 30-digit seq overflows)."""
+    if kind == "reading":
+        for r in data["readings"]:
+            if r["seq"] > MAX_BIGINT:
+                return f"seq {r['seq']} is out of range"
+            for name, value in r["values"].items():
+                if not _finite(value):
+                    return f"seq {r['seq']}: values.{name} is not a finite number"
+    elif kind == "heartbeat":
+        for key in ("backlog", "dropped"):
+            value = data.get(key)
+            if not (_finite(value) and -MAX_BIGINT <= value <= MAX_BIGINT):
+                return f"{key} is out of range"
+    elif kind == "status" and isinstance(data.get("location"), dict):
+        if not all(_finite(v) for v in data["location"].values()):
+            return "location is not finite"
+    return None
+
+
+def _finite(value) -> bool:
+    try:
+        return _number(value) and math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _number(value) -> bool:
