@@ -134,24 +134,38 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(args, db)
 
 
+def _read_db(command: str, args: argparse.Namespace, read):
+    """`read(db, conn)` on a read-only connection to the subcommand's --db; an exit code when
+    that cannot be done."""
+    from .db import DatabaseError
+
+    if not (args.gaps_db or args.db):
+        return _fail(command, "--db DSN is required", 2)
+    db = _database(command, args.gaps_db or args.db)
+    try:
+        conn = db.open(read_only=True)
+        try:
+            return read(db, conn)
+        finally:
+            conn.close()
+    except DatabaseError as err:
+        return _fail(command, str(err), 1)
+
+
 def cmd_gaps(args: argparse.Namespace) -> int:
     import json
 
     from . import queries
-    from .db import DatabaseError
 
-    if not (args.gaps_db or args.db):
-        return _fail("ingest gaps", "--db DSN is required", 2)
-    db = _database("ingest gaps", args.gaps_db or args.db)
-    try:
-        conn = db.open(read_only=True)
-        try:
-            gaps = queries.open_gaps(db, conn, args.node)
-            nodes = {n["node"]: n for n in queries.nodes(db, conn, args.node)}
-        finally:
-            conn.close()
-    except DatabaseError as err:
-        return _fail("ingest gaps", str(err), 1)
+    def read(db, conn):
+        return queries.open_gaps(db, conn, args.node), {
+            n["node"]: n for n in queries.nodes(db, conn, args.node)
+        }
+
+    found = _read_db("ingest gaps", args, read)
+    if isinstance(found, int):
+        return found
+    gaps, nodes = found
     if args.json:
         summary = [
             {
@@ -185,20 +199,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     import json
 
     from . import queries
-    from .db import DatabaseError
 
-    if not (args.gaps_db or args.db):
-        return _fail("ingest quarantine", "--db DSN is required", 2)
-    db = _database("ingest quarantine", args.gaps_db or args.db)
-    try:
-        conn = db.open(read_only=True)
-        try:
-            counts = queries.quarantine_counts(db, conn)
-            latest = queries.quarantined(db, conn, args.limit)
-        finally:
-            conn.close()
-    except DatabaseError as err:
-        return _fail("ingest quarantine", str(err), 1)
+    found = _read_db(
+        "ingest quarantine",
+        args,
+        lambda db, conn: (queries.quarantine_counts(db, conn), queries.quarantined(db, conn, args.limit)),
+    )
+    if isinstance(found, int):
+        return found
+    counts, latest = found
     if args.json:
         print(json.dumps({"counts": counts, "latest": latest}, indent=2))
         return 0

@@ -24,20 +24,21 @@ def normalise_time(value: str) -> str:
     return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _stream(cursor) -> Iterator[tuple]:
-    while rows := cursor.fetchmany(FETCH):
-        yield from rows
-
-
-def _cursor(db: Database, conn, statement: str, params: list):
+def _stream(db: Database, conn, statement: str, params: list) -> Iterator[tuple]:
+    """The rows of `statement`, fetched a few thousand at a time."""
     if db.dialect == "postgresql" and not conn.autocommit:
         # A named (server-side) cursor: PostgreSQL sends rows as they are fetched, not all at once.
         # (It lives in a transaction; the API's bounded queries run in autocommit, client-side.)
         cur = conn.cursor(name="edge_node_stream")
         cur.itersize = FETCH
         cur.execute(statement, params)
-        return cur
-    return conn.execute(db.sql(statement), params)
+    else:
+        cur = conn.execute(db.sql(statement), params)
+    try:
+        while rows := cur.fetchmany(FETCH):
+            yield from rows
+    finally:
+        cur.close()
 
 
 def _where(time_from: str | None, time_to: str | None, node: str | None, exclude_flagged: bool, alias="r"):
@@ -93,12 +94,8 @@ def readings(
     if limit is not None:
         statement += " LIMIT %s"
         params.append(limit)
-    cur = _cursor(db, conn, statement, params)
-    try:
-        for row in _stream(cur):
-            yield reading_dict(row)
-    finally:
-        cur.close()
+    for row in _stream(db, conn, statement, params):
+        yield reading_dict(row)
 
 
 def value_rows(
@@ -119,11 +116,7 @@ def value_rows(
         " FROM reading_values v JOIN readings r ON r.node = v.node AND r.seq = v.seq"
         f" LEFT JOIN nodes n ON n.node = v.node{where} ORDER BY v.ts, v.node, v.seq, v.quantity"
     )
-    cur = _cursor(db, conn, statement, params)
-    try:
-        yield from _stream(cur)
-    finally:
-        cur.close()
+    yield from _stream(db, conn, statement, params)
 
 
 NODE_COLUMNS = (
