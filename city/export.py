@@ -1,12 +1,12 @@
 """`edge-node export`: readings out in the shapes cities publish, streamed in constant memory.
 
 - `csv`: one row per reading and value, in the spirit of the Sensor.Community archive:
-  node, seq, sensor, time, lat, lon, site, quantity, value, unit, flags (`;`-separated), clock,
-  backfill.
+  node, seq, sensor, time, location (the node's site), lat, lon, quantity, value, unit, flags
+  (`;`-separated), clock, backfill.
 - `geojson`: a FeatureCollection, one Point per node (nodes without a location have a null
   geometry), its properties the node, site, state, and each sensor's latest reading.
 - `jsonl`: one line per stored reading as the node sent it: node, sensor, seq, ts, values,
-  quality, clock (when sent), backfill, units, meta (when sent).
+  quality, clock ("unsynced" as sent, else null), backfill, units, meta (when sent).
 
 `--from`/`--to` select `from <= ts < to`; flagged readings (a QC flag other than
 `clock_corrected`, or an unsynced clock) are included with their flags unless `--exclude-flagged`.
@@ -24,7 +24,7 @@ from .db import Database
 
 FORMATS = ("csv", "geojson", "jsonl")
 CSV_HEADER = (
-    "node", "seq", "sensor", "time", "lat", "lon", "site", "quantity", "value", "unit", "flags", "clock",
+    "node", "seq", "sensor", "time", "location", "lat", "lon", "quantity", "value", "unit", "flags", "clock",
     "backfill",
 )  # fmt: skip
 
@@ -40,7 +40,7 @@ def write_csv(rows: Iterable[tuple], out: TextIO) -> int:
     for node, seq, sensor, ts, lat, lon, site, quantity, value, unit, quality, clock, backfill in rows:
         writer.writerow(
             (
-                node, seq, sensor, ts, "" if lat is None else lat, "" if lon is None else lon, site or "",
+                node, seq, sensor, ts, site or "", "" if lat is None else lat, "" if lon is None else lon,
                 quantity, _number(value), unit or "", ";".join(json.loads(quality)), clock or "",
                 "true" if backfill else "false",
             )
@@ -88,7 +88,7 @@ def features(latest: Iterable[dict]) -> Iterator[dict]:
         props["units"].update(item["units"])
         props["quality"] = sorted(set(props["quality"]) | set(item["quality"]))
         props["sensors"][item["sensor"]] = {
-            k: item[k] for k in ("seq", "ts", "values", "quality", "backfill", "clock") if k in item
+            k: item[k] for k in ("seq", "ts", "values", "quality", "backfill", "clock")
         }
     if current is not None:
         yield current

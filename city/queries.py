@@ -59,7 +59,7 @@ def _where(time_from: str | None, time_to: str | None, node: str | None, exclude
 
 def reading_dict(row: tuple) -> dict:
     """A stored reading as the node sent it (jsonl and the API): node, sensor, seq, ts, values,
-    quality, clock (only when sent), backfill, units, meta (only when sent)."""
+    quality, clock ("unsynced" as sent, else null), backfill, units, meta (only when sent)."""
     node, seq, sensor, ts, values, units, quality, clock, backfill, meta = row
     out = {
         "node": node,
@@ -69,8 +69,7 @@ def reading_dict(row: tuple) -> dict:
         "values": json.loads(values),
         "quality": json.loads(quality),
     }
-    if clock is not None:
-        out["clock"] = clock
+    out["clock"] = clock  # "unsynced" as sent, or null: the node sent none (its clock was synced)
     out["backfill"] = bool(backfill)
     out["units"] = json.loads(units)
     if meta is not None:

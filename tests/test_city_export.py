@@ -85,7 +85,7 @@ def test_jsonl_is_every_reading_as_sent_in_time_order(city):
     first = lines[0]
     assert set(first) >= {"node", "sensor", "seq", "ts", "values", "quality", "backfill"}
     assert first["quality"] == ["stuck"] and first["backfill"] is False
-    assert "clock" not in first
+    assert first["clock"] is None  # the node sent none: its clock was synced
     clean = [json.loads(x) for x in export(city, "--format", "jsonl", "--exclude-flagged").splitlines()]
     assert len(clean) == 48 - 2 * 3 and not any(r["quality"] for r in clean)
 
@@ -102,14 +102,14 @@ def test_from_and_to_select_a_time_window(city):
 def test_csv_is_one_row_per_reading_and_value_with_location_and_flags(city):
     table = list(csv.DictReader(io.StringIO(export(city, "--format", "csv"))))
     assert list(table[0]) == [
-        "node", "seq", "sensor", "time", "lat", "lon", "site", "quantity", "value", "unit", "flags", "clock",
-        "backfill",
+        "node", "seq", "sensor", "time", "location", "lat", "lon", "quantity", "value", "unit", "flags",
+        "clock", "backfill",
     ]  # fmt: skip
     assert len(table) == 2 * (18 * 3 + 6 * 4)
     pm = [r for r in table if r["node"] == "trs-0001" and r["quantity"] == "pm2_5_corrected"]
     assert pm[0] | {"seq": "", "time": ""} == {
         "node": "trs-0001", "seq": "", "sensor": "sds011", "time": "", "lat": "41.563", "lon": "2.0089",
-        "site": "Rambla 12", "quantity": "pm2_5_corrected", "value": "8.5", "unit": "ug/m3", "flags": "",
+        "location": "Rambla 12", "quantity": "pm2_5_corrected", "value": "8.5", "unit": "ug/m3", "flags": "",
         "clock": "", "backfill": "false",
     }  # fmt: skip
     assert {r["flags"] for r in table} == {"", "stuck"}
