@@ -75,7 +75,7 @@ def test_check_broker_passes_on_the_recommended_broker_and_sees_the_binding(tmp_
     assert report.result == "PASS", shown
     client_id = checks["broker.client_id"]
     assert client_id.measured == {"bound": True} and not client_id.detail.startswith("warning")
-    assert checks["broker.acl"].measured["puback"] == "Not authorized"
+    assert checks["broker.acl"].measured["puback"] == "0x87 Not authorized"
 
 
 def test_check_broker_warns_when_the_broker_does_not_bind(tmp_path, unbound_broker):
