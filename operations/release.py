@@ -1,6 +1,8 @@
-"""`edge-node release build`: the operator's side of software updates (issue 16).
+"""`edge-node release build | publish`: the operator's side of software updates (issue 16).
 
     edge-node release build --key ops.key --out release-0.2.0/ [--source .] [--wheelhouse DIR | --no-deps]
+    edge-node release publish --release release-0.2.0/ --url https://updates.example/0.2.0 \\
+        --broker URL --key ops.key --nodes 'trs-*' --stages 1,10%,100% --soak 600
 
 builds the project's wheel and its dependency wheels (`pip wheel`: the exact files resolved
 today are the lock; `--wheelhouse DIR` takes them from DIR alone, offline), and writes
@@ -11,6 +13,11 @@ signature and every hash before it installs anything (edge_node.update).
 Wheels are built for the platform this runs on: build a fleet's release on its platform (a Pi,
 or `pip wheel --platform` into a wheelhouse) so that compiled dependencies (cryptography, cffi)
 match the nodes'.
+
+`publish` checks the release as a node will, then sends each targeted node a signed `update`
+command through `edge-node remote`'s rollout (operations/remote.py): the same stages, soak,
+stop at the first failure, retained commands for offline nodes, and report. The release
+directory is served by any HTTP(S) server that honours Range requests (nginx, a CDN).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from edge_node import update
 from edge_node.update import MANIFEST, UpdateRefused, check_manifest, schema_fingerprint, sha256_file
 
 
@@ -113,6 +121,25 @@ def register(sub) -> None:
     deps.add_argument("--wheelhouse", help="take every wheel from this directory alone (offline)")
     deps.add_argument("--no-deps", action="store_true", help="the project's wheel alone (tests)")
     build_.set_defaults(func=cmd_build)
+    from .remote import add_rollout_arguments
+
+    publish = actions.add_parser(
+        "publish",
+        help="offer a release to the fleet in stages (signed update commands, as `edge-node remote`)",
+        description="Each targeted node gets a signed `update` command naming the version and the URL "
+        "where the release directory is served (any HTTP(S) server with Range requests); stages, soak, "
+        "offline nodes and the report are those of `edge-node remote`. "
+        "Exit 0 only when every node confirmed.",
+    )
+    publish.add_argument(
+        "--release", required=True, metavar="DIR", help="the release (edge-node release build)"
+    )
+    publish.add_argument(
+        "--url", required=True, metavar="URL", help="where DIR is served, e.g. https://.../0.2.0"
+    )
+    publish.add_argument("--rollback", action="store_true", help="allow nodes to go to this older version")
+    add_rollout_arguments(publish)
+    publish.set_defaults(func=cmd_publish, action="update")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -142,3 +169,29 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"signed by {signer.public} -> {Path(args.out) / MANIFEST}"
     )
     return 0
+
+
+def cmd_publish(args: argparse.Namespace, *, out=None, err=None) -> int:
+    """Check the release as a node will (signed by --key, every file whole), then roll it out."""
+    from edge_node.signing import load_signer
+
+    from .remote import cmd_remote
+
+    err = err or sys.stderr
+    try:
+        signer = load_signer(args.key)
+        manifest = update.read_manifest(Path(args.release), [signer.public])
+        update.verify_files(manifest, Path(args.release))
+    except (OSError, ValueError) as problem:
+        print(f"edge-node release publish: {getattr(problem, 'strerror', None) or problem}", file=err)
+        return 2
+    except update.UpdateRefused as problem:
+        print(f"edge-node release publish: {args.release}: {problem}", file=err)
+        return 2
+    if not args.url.startswith(("https://", "http://")):
+        print(f"edge-node release publish: --url must be http(s):// (got {args.url[:60]!r})", file=err)
+        return 2
+    args.update_args = {"version": manifest["version"], "url": args.url}
+    if args.rollback:
+        args.update_args["rollback"] = True
+    return cmd_remote(args, out=out, err=err)

@@ -43,7 +43,8 @@ from edge_node.config import NODE_ID_PATTERN
 
 from .fleet import add_broker_arguments
 
-CHANGES = ("set", "unset", "rollback", "rotate-password")
+# answered twice: applying, then confirmed or rolled_back (update: switching between them)
+CHANGES = ("set", "unset", "rollback", "rotate-password", "update")
 MAX_MESSAGE_BYTES = 65_536
 NODE_ID = re.compile(NODE_ID_PATTERN)
 CONFIRM_MARGIN_S = 30.0  # beyond the node's confirm_s, for its restart and the network
@@ -382,21 +383,8 @@ def progress_printer(err):
 # -- CLI ------------------------------------------------------------------------------------------
 
 
-def register(sub) -> None:
-    keygen = sub.add_parser(
-        "keygen",
-        help="make an operator's Ed25519 key pair for signed remote commands",
-        description="Writes the private key (PEM, mode 0600; never overwrites) and prints the public "
-        "key as one line ed25519:BASE64 for the nodes' [remote] trusted_keys.",
-    )
-    keygen.add_argument("--out", required=True, metavar="FILE", help="where to write the private key")
-    keygen.set_defaults(func=cmd_keygen)
-
-    p = sub.add_parser(
-        "remote",
-        help="signed commands to nodes: set/unset/show config, rollback, selftest, detect, restart",
-        description=__doc__.split("\n\n")[2].replace("\n", " "),
-    )
+def add_rollout_arguments(p) -> None:
+    """The broker, key, targets and stages: `remote`'s, and `release publish`'s (issue 16)."""
     add_broker_arguments(p)
     p.add_argument(
         "--key", required=True, metavar="FILE", help="the operator's private key (edge-node keygen)"
@@ -418,6 +406,24 @@ def register(sub) -> None:
         help="the nodes that should exist (operations.inventory): those never heard are reported",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def register(sub) -> None:
+    keygen = sub.add_parser(
+        "keygen",
+        help="make an operator's Ed25519 key pair for signed remote commands",
+        description="Writes the private key (PEM, mode 0600; never overwrites) and prints the public "
+        "key as one line ed25519:BASE64 for the nodes' [remote] trusted_keys.",
+    )
+    keygen.add_argument("--out", required=True, metavar="FILE", help="where to write the private key")
+    keygen.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser(
+        "remote",
+        help="signed commands to nodes: set/unset/show config, rollback, selftest, detect, restart",
+        description=__doc__.split("\n\n")[2].replace("\n", " "),
+    )
+    add_rollout_arguments(p)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     s = actions.add_parser("set", help="set config keys: KEY=VALUE ... (VALUE as in TOML)")
     s.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
@@ -488,6 +494,8 @@ def _command(args: argparse.Namespace) -> tuple[str, dict]:
         return "set", {"values": values}
     if args.action == "unset":
         return "unset", {"keys": list(args.keys)}
+    if args.action == "update":  # `edge-node release publish` (operations/release.py)
+        return "update", args.update_args
     return args.action, {}
 
 

@@ -431,31 +431,59 @@ def units():
         unit.stop()
 
 
-def test_an_update_over_a_dropped_link_installs_switches_and_confirms(
+def node_seqs(rec, node: str) -> set[int]:
+    with rec.cond:
+        batches = [json.loads(p) for t, p, _ in rec.messages if t.startswith(f"{PREFIX}/{node}/reading/")]
+    return {r["seq"] for batch in batches for r in batch["readings"]}
+
+
+STAGED_NODES = 20 if os.environ.get("EDGE_NODE_SOAK") == "1" else 2
+
+
+def test_a_release_published_in_stages_over_a_dropped_link_is_installed_and_confirmed(
     tmp_path, broker, recorder_factory, releases, keys, units, opt
 ):
+    """`edge-node release publish --stages 1,100%`: the first node (whose link drops 20 kB into
+    the project's wheel, resumed with a Range request) confirms and soaks, then the rest."""
     rec = recorder_factory(broker.port)
-    root = node_root(tmp_path, opt)
     server = ReleaseServer(releases["0.2.0"])
     wheel = next(releases["0.2.0"].glob("edge_node-*.whl")).name
-    server.drop_after[wheel] = 20_000  # the link drops 20 kB into the project's wheel
+    server.drop_after[wheel] = 20_000
+    nodes = [f"trs-ota-{i:02d}" for i in range(STAGED_NODES)]
+    roots = {}
+    for node in nodes:
+        where = tmp_path / node
+        where.mkdir()
+        roots[node] = node_root(where, opt)
+        config = ota_config(where, broker.url, keys, roots[node], node_id=node)
+        units.append(Unit(roots[node], config, where / "node.log"))
     try:
-        units.append(Unit(root, ota_config(tmp_path, broker.url, keys, root), tmp_path / "node.log"))
-        wait_listening(rec, broker)
-        command_id = send_update(broker, keys, "0.2.0", server.url)
-        assert wait_update(rec, command_id, "applying", 20)["version"] == "0.2.0"
-        switching = wait_update(rec, command_id, "switching")
-        confirmed = wait_update(rec, command_id, "confirmed")
+        for node in nodes:
+            wait_listening(rec, broker, node, timeout=60)
+        published = edge_node_cli(
+            "release", "publish", "--release", str(releases["0.2.0"]), "--url", server.url,
+            "--broker", broker.url, "--key", str(keys["ops"]), "--nodes", "trs-ota-*",
+            "--stages", "1,100%", "--soak", "2", "--listen", "1", "--json",
+        )  # fmt: skip
     finally:
         server.close()
-    assert switching["version"] == confirmed["version"] == "0.2.0"
+    assert published.returncode == 0, published.stderr + published.stdout
+    report = json.loads(published.stdout)
+    assert sorted(report["changed"]) == nodes and report["failed"] == [] and report["pending"] == []
+    stages = {r["node"]: r["stage"] for r in report["nodes"]}
+    assert sorted(stages.values()) == [1] + [2] * (len(nodes) - 1)
     assert (wheel, "bytes=20000-") in server.requests  # resumed where the link dropped
-    assert update.current_version(root) == "0.2.0" and update.status(root)["good"] == "0.2.0"
-    assert online_versions(rec)[0] == __version__ and online_versions(rec)[-1] == "0.2.0"
-    seq = max(rec.seqs())
-    rec.wait_seq(seq + 3)  # the new version samples and delivers on
-    assert gaps(rec.seqs()) == [] and rec.invalid == []
-    assert units[0].exits == [75]  # one restart, into the new version
+    for node in nodes:
+        assert (
+            update.current_version(roots[node]) == "0.2.0" and update.status(roots[node])["good"] == "0.2.0"
+        )
+        assert online_versions(rec, node)[0] == __version__ and online_versions(rec, node)[-1] == "0.2.0"
+    seq = max(node_seqs(rec, nodes[-1]))
+    rec.wait_for(lambda: max(node_seqs(rec, nodes[-1])) >= seq + 3, what="readings from the new version")
+    for node in nodes:
+        assert gaps(node_seqs(rec, node)) == [], node
+    assert rec.invalid == []
+    assert all(unit.exits == [75] for unit in units)  # one restart each, into the new version
 
 
 def test_a_release_failing_its_health_check_is_rolled_back_by_the_node(
