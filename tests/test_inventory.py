@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,3 +92,22 @@ def test_fleet_and_remote_name_the_nodes_that_never_reported(tmp_path, broker, r
     finally:
         fleet.send_signal(signal.SIGTERM)
         fleet.wait(30)
+
+
+def test_a_node_gone_past_offline_after_is_missing_with_where_it_is(tmp_path):
+    from operations.fleet import Fleet, Rules, prometheus
+
+    from .test_fleet import heartbeat
+
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_text("node,site,lat,lon\ntrs-gone,Plaça Vella 3,41.5636,2.0110\ntrs-here,Rambla 1,,\n")
+    view = Fleet(PREFIX, Rules(offline_after_s=60), inventory=load_inventory([inventory]))
+    now = time.time()
+    for node, at in (("trs-gone", now - 3600), ("trs-here", now)):
+        view.ingest(f"{PREFIX}/{node}/heartbeat", json.dumps(heartbeat()).encode(), False, at)
+    view.ingest(f"{PREFIX}/trs-gone/status", b'{"state":"offline","reason":"lost"}', True, now - 3500)
+    rows = {r["node"]: r for r in view.rows(now)}
+    assert rows["trs-gone"]["state"] == "missing"
+    assert rows["trs-gone"]["needs_visit"][0] == "missing at Plaça Vella 3 (41.56360, 2.01100)"
+    assert rows["trs-here"]["state"] != "missing" and rows["trs-here"]["site"] == "Rambla 1"
+    assert "edge_node_up{node=\"trs-gone\"} 0" in prometheus(list(rows.values()))
