@@ -23,6 +23,7 @@ from operations.mosquitto import BrokerUnavailable, LocalBroker
 PREFIX = "city/terrassa/nodes"
 SCHEMAS = {name: schemas.load(name) for name in ("reading", "status", "heartbeat", "reply")}
 
+
 def local_broker(**options) -> LocalBroker:
     """A Mosquitto for one test; only the tests that need one fail, in one line, where it is missing."""
     try:

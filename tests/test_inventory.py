@@ -110,4 +110,4 @@ def test_a_node_gone_past_offline_after_is_missing_with_where_it_is(tmp_path):
     assert rows["trs-gone"]["state"] == "missing"
     assert rows["trs-gone"]["needs_visit"][0] == "missing at Plaça Vella 3 (41.56360, 2.01100)"
     assert rows["trs-here"]["state"] != "missing" and rows["trs-here"]["site"] == "Rambla 1"
-    assert "edge_node_up{node=\"trs-gone\"} 0" in prometheus(list(rows.values()))
+    assert 'edge_node_up{node="trs-gone"} 0' in prometheus(list(rows.values()))
