@@ -274,9 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=float, default=24.0, metavar="HOURS")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="store in a PostgreSQL of its own (temp dir, free port), not SQLite",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="edge-node-demo-city-"))
-    city = SimulatedCity(workdir, nodes=args.nodes, history_h=args.history, port=args.port)
+    postgres = None
+    if args.postgres:
+        from city.localpg import LocalPostgres
+
+        postgres = LocalPostgres().start()
+    dsn = postgres.create_database("city") if postgres else None
+    city = SimulatedCity(workdir, nodes=args.nodes, history_h=args.history, port=args.port, dsn=dsn)
     print(f"starting a simulated Terrassa: {args.nodes} nodes, {args.history:g} h of history, in {workdir}")
     stop = False
 
@@ -300,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         city.stop()
+        if postgres is not None:
+            postgres.close()
     return 0
 
 
