@@ -73,6 +73,14 @@ class Database:
 
         return (psycopg.IntegrityError,)
 
+    def conflicted(self, err: BaseException) -> bool:
+        """Two writers crossed (a deadlock PostgreSQL broke): the transaction may simply run again."""
+        if self.dialect == "sqlite":
+            return False
+        import psycopg
+
+        return isinstance(err, psycopg.errors.TransactionRollback)
+
     def refused(self, err: BaseException) -> bool:
         """The database answered but refused a statement (a value out of range, a constraint):
         not a database that is away, which every statement would meet again."""

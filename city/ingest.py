@@ -184,7 +184,7 @@ class Storage:
         for message in messages:
             self._classify(message, quarantine, statuses, heartbeats, readings)
         now = utc_now()
-        for node, data, message in statuses:
+        for node, data, message in sorted(statuses, key=lambda s: s[0]):  # rows locked in node order
             self._status(conn, node, data, message, now)
             counts.statuses += 1
             if data["state"] == "online":
@@ -670,13 +670,12 @@ class Writer:
                 with self.db.transaction(conn):
                     counts = self.storage.store(conn, batch)
             except (DatabaseError, *self.db.errors) as err:
-                if isinstance(err, self.db.integrity_errors) and races < 3:
+                if (isinstance(err, self.db.integrity_errors) or self.db.conflicted(err)) and races < 3:
                     # Another worker stored some of these readings between our check and our insert
-                    # (a node resent them, the broker gave the copy to the other): check again.
+                    # (a node resent them, the broker gave the copy to the other), or our locks
+                    # crossed its: run the batch again.
                     races += 1
-                    log.info(
-                        "readings of this batch were stored meanwhile by another worker; storing the rest"
-                    )
+                    log.info("another worker wrote the same nodes meanwhile (%s); again", _first_line(err))
                     continue
                 if self.db.refused(err):
                     # The database is there but refuses something in this batch: find which
