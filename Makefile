@@ -42,8 +42,11 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# Three workers, one test file each at a time (its module and session servers stay shared):
+# the suite waits more than it computes. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: $(STAMP) system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The soak/fault tests in their long form (CI runs the short one).
 test-long: $(STAMP) system-deps
