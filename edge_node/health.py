@@ -47,6 +47,7 @@ class Health:
     site: str = ""
     location: dict | None = None
     config_rolled_back: dict | None = None  # the last remote change undone: {id, reason, at}
+    update: dict | None = None  # a software update's state (issue 16, edge_node/updater.py)
     command_counts: Callable[[], dict] = dict  # edge_node.commands.CommandHandler.counts
     # The broker's side (issue 10), kept by the forwarder: the MQTT version in use; while the
     # broker refuses readings, {reason_code, reason, since, count}; readings set aside for good.
@@ -114,6 +115,8 @@ class Health:
         beat["config_hash"] = self.config_hash  # a remote change shows here (issue 13)
         if self.config_rolled_back:
             beat["config_rolled_back"] = self.config_rolled_back
+        if self.update:
+            beat["update"] = self.update
         if any((counts := self.command_counts()).values()):  # once something was refused or dropped
             beat["commands"] = counts
         return _dump(beat)

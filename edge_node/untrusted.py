@@ -31,6 +31,7 @@ MAX_INT_DIGITS = 20
 _NODE_ID = re.compile(NODE_ID_PATTERN.removeprefix("^").removesuffix("$"))
 _SENSOR_NAME = re.compile(SENSOR_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 SENSOR_STATES = ("ok", "warming", "fault")
+UPDATE_STATES = ("fetching", "installing", "switching", "on_trial", "confirmed", "rolled_back", "refused")
 THROTTLED_FLAGS = tuple(
     f"{flag}_{when}"
     for when in ("now", "since_boot")
@@ -224,6 +225,7 @@ class Heartbeat:
     buffer_fault: str | None  # the error while the buffer is at fault, else None
     bad_fields: int = 0
     refused: str | None = None  # while the broker refuses its readings: "0x87 Not authorized since ..."
+    update: str | None = None  # a software update: "on_trial 0.2.0", "rolled_back 0.3.0: reason" (issue 16)
 
 
 @dataclass(slots=True)
@@ -285,6 +287,15 @@ def parse_heartbeat(payload: bytes, arrival: float) -> Heartbeat:
         refused = f.text(raw_refused, "reason", 80) or (f"0x{code:02X}" if code is not None else "refused")
         if since := f.text(raw_refused, "since", 40):
             refused += f" since {since}"
+    update = None
+    raw_update = f.table(data, "update")
+    if raw_update is not None:  # issue 16
+        update = f.choice(raw_update, "state", UPDATE_STATES)
+        if update is not None:
+            if version := f.text(raw_update, "version", 20):
+                update += f" {version}"
+            if reason := f.text(raw_update, "reason", 120):
+                update += f": {reason}"
     return Heartbeat(
         ts=ts,
         uptime_s=f.number(data, "uptime_s", 0.0, MAX_SECONDS),
@@ -301,6 +312,7 @@ def parse_heartbeat(payload: bytes, arrival: float) -> Heartbeat:
         buffer_fault=buffer_fault,
         bad_fields=f.bad,
         refused=refused,
+        update=update,
     )
 
 

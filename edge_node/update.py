@@ -127,6 +127,7 @@ def roll_back(root: Path, reason: str) -> str | None:
     if previous and current_version(root) != previous:
         switch(root, previous)
     state.pop("trial", None)
+    state.pop("confirmed", None)  # the last verdict is this one
     state["rolled_back"] = {
         "version": trial.get("version"),
         "to": previous,
@@ -364,6 +365,7 @@ def confirm(root: Path, version: str) -> bool:
     if not isinstance(trial, dict) or trial.get("version") != version:
         return False
     state.pop("trial")
+    state.pop("rolled_back", None)  # the last verdict is this one
     state["good"] = version
     state["confirmed"] = {"version": version, "id": trial.get("id"), "at": _now_iso()}
     _write_json(root / STATE, state)

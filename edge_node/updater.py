@@ -159,6 +159,9 @@ class Updater:
         self.task: asyncio.Task | None = None
         self.cancel = threading.Event()
         self.state = "idle"
+        self.target: str | None = None  # the version being fetched and installed
+        self.refused: dict | None = None  # the last refusal, for the heartbeat
+        self._shown: asyncio.Task | None = None
 
     @property
     def root(self) -> Path:
@@ -190,7 +193,39 @@ class Updater:
 
     def launch(self, job: dict) -> None:
         self.cancel.clear()
+        self.target, self.refused = job["version"], None
         self.task = asyncio.get_running_loop().create_task(self._run(job))
+        self.show_in_heartbeat()
+
+    def view(self) -> dict | None:
+        """The heartbeat's `update`: what is under way, else a trial, else the last verdict."""
+        if self.task is not None and not self.task.done():
+            state = "installing" if self.state == "installing" else "fetching"
+            return {"state": "switching" if restart_requested else state, "version": self.target}
+        if self.refused:
+            return self.refused
+        state = update.read_state(self.root)
+        if isinstance(trial := state.get("trial"), dict):
+            return {"state": "on_trial", "version": str(trial.get("version"))[:20]}
+        if isinstance(rolled := state.get("rolled_back"), dict):
+            return {"state": "rolled_back", "version": str(rolled.get("version"))[:20],
+                    "reason": str(rolled.get("reason"))[:400]}  # fmt: skip
+        if isinstance(confirmed := state.get("confirmed"), dict):
+            return {"state": "confirmed", "version": str(confirmed.get("version"))[:20]}
+        return None
+
+    def show_in_heartbeat(self) -> None:
+        if self._shown is None or self._shown.done():
+            self._shown = asyncio.get_running_loop().create_task(self._show())
+
+    async def _show(self) -> None:
+        """Keep the pipeline's health (a new one after each restart of it) told of the update."""
+        while True:
+            daemon = self.remote.daemon
+            if daemon is not None:
+                with contextlib.suppress(OSError):
+                    daemon.health.update = self.view()
+            await asyncio.sleep(1.0)
 
     def _reply(self, job_id, reply: dict) -> None:
         node = self.remote.base.node.id
@@ -204,11 +239,13 @@ class Updater:
             if self.cancel.is_set():
                 return  # the daemon is stopping: the job and its files stay for the next start
             log.error("update %s refused: %s", job["version"], err)
+            self.refused = {"state": "refused", "version": job["version"], "reason": str(err)[:400]}
             self._forget(job)
             self._reply(job["id"], {"ok": False, "state": "refused", "error": f"cmd/update: {err}"[:400]})
             return
         except Exception as err:  # a bug costs the update, never the daemon
             log.exception("update %s failed", job["version"])
+            self.refused = {"state": "refused", "version": job["version"], "reason": f"{err}"[:400]}
             self._forget(job)
             self._reply(job["id"], {"ok": False, "state": "refused", "error": f"cmd/update: {err}"[:400]})
             return
@@ -281,6 +318,7 @@ class Updater:
         """Owned by `edge-node run` beside the pipeline: resume a job, confirm a trial, report a
         switch back. Cancels the job's thread when the daemon stops."""
         try:
+            self.show_in_heartbeat()
             with contextlib.suppress(OSError):
                 self._report_rollback()
             job = update.read_json(self.job_path)
@@ -294,6 +332,8 @@ class Updater:
             await stop.wait()
         finally:
             self.cancel.set()
+            if self._shown is not None:
+                self._shown.cancel()
 
     def _report_rollback(self) -> None:
         state = update.read_state(self.root)

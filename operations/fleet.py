@@ -456,6 +456,7 @@ class Fleet:
             "clock_synced": synced,
             "uptime_s": uptime,
             "version": status.version if status else None,
+            "update": hb.update if hb else None,  # issue 16: under way, on trial, or the last verdict
             "malformed": node.malformed,
             "needs_visit": reasons,
         }
@@ -493,7 +494,14 @@ def _badness(row: dict):
 
 # -- output -------------------------------------------------------------------------------------
 
-COLUMNS = ("NODE", "STATE", "SEEN", "BACKLOG", "OLDEST", "DROP", "GAPS", "CPU", "DISK", "CLOCK", "VISIT")
+COLUMNS = (
+    "NODE", "STATE", "SEEN", "BACKLOG", "OLDEST", "DROP", "GAPS", "CPU", "DISK", "CLOCK", "VERSION", "VISIT"
+)  # fmt: skip
+
+
+def _short_update(update: str) -> str:
+    """The table's word for a node's update ("on_trial 0.2.0"; a rollback's reason is in --json)."""
+    return update.split(":", 1)[0].replace("_", " ")
 
 
 def _cells(r: dict) -> tuple[str, ...]:
@@ -509,6 +517,7 @@ def _cells(r: dict) -> tuple[str, ...]:
         "-" if r["cpu_temp_c"] is None else f"{r['cpu_temp_c']:.0f}C" + ("!UV" if r["under_voltage"] else ""),
         "-" if r["disk_free_mb"] is None else f"{r['disk_free_mb']:.0f}MB",
         {True: "ok", False: "unsync", None: "-"}[r["clock_synced"]],
+        (r["version"] or "-") + (f" ({_short_update(r['update'])})" if r["update"] else ""),
         "; ".join(r["needs_visit"]) or "-",
     )
 
@@ -543,7 +552,7 @@ def _colour(row: dict) -> str:
 
 # A narrow terminal leaves out these figures first, in this order, so that NODE, STATE and the
 # reasons stay readable (rich would squeeze every column into "…" instead).
-FIGURES_LEFT_OUT_FIRST = ("DROP", "CLOCK", "DISK", "CPU", "OLDEST", "GAPS", "BACKLOG", "SEEN")
+FIGURES_LEFT_OUT_FIRST = ("VERSION", "DROP", "CLOCK", "DISK", "CPU", "OLDEST", "GAPS", "BACKLOG", "SEEN")
 VISIT_MIN_WIDTH = 24
 COLUMN_GAP = 3  # rich's padding either side of a column plus the rule between columns
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paho.mqtt.publish as publish
@@ -93,9 +94,9 @@ def wheelhouse(tmp_path_factory) -> Path:
 def releases(tmp_path_factory, wheelhouse, keys) -> dict[str, Path]:
     """Signed releases of this project, built offline: 0.1.0 (what runs), 0.2.0, and 0.3.0 with a
     bug that keeps it from the broker (it starts, then fails its health check)."""
-    made = {}
     bad = ("edge_node/broker_connection.py", "port=broker.port,", "port=broker.port + 1,")
-    for version in (__version__, "0.2.0", "0.3.0"):
+
+    def build(version: str) -> Path:
         where = tmp_path_factory.mktemp(f"release-{version}")
         source = source_at(version, where / "src", bug=bad if version == "0.3.0" else None)
         out = where / "release"
@@ -103,8 +104,11 @@ def releases(tmp_path_factory, wheelhouse, keys) -> dict[str, Path]:
             "release", "build", "--key", str(keys["ops"]), "--out", str(out), "--source", str(source),
             "--wheelhouse", str(wheelhouse), check=True,
         )  # fmt: skip
-        made[version] = out
-    return made
+        return out
+
+    versions = (__version__, "0.2.0", "0.3.0")
+    with ThreadPoolExecutor(len(versions)) as pool:  # three pip processes: the session's time
+        return dict(zip(versions, pool.map(build, versions), strict=True))
 
 
 @pytest.fixture(scope="session")
@@ -114,10 +118,14 @@ def opt(tmp_path_factory, releases, keys) -> Path:
     cut_short = root / "versions" / "0.2.0" / "venv"
     cut_short.mkdir(parents=True)  # a power cut during an earlier install of 0.2.0
     (cut_short / "junk").write_text("half a venv")
-    for version in (__version__, "0.2.0"):
+
+    def install(version: str) -> None:
         manifest = update.read_manifest(releases[version], [keys["ops_public"]])
         update.verify_files(manifest, releases[version])
         update.install(root, releases[version], manifest)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(install, (__version__, "0.2.0")))
     update.switch(root, __version__)
     return root
 
@@ -343,12 +351,17 @@ class Unit:
                     [self.root / "current" / "venv" / "bin" / "edge-node", "run", "-c", self.config],
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own group: killed whole, as systemd kills a cgroup
                 )
                 code = self.proc.wait()
                 self.exits.append(code)
                 if self.stopping or code == 0:
                     return
                 time.sleep(0.5)  # RestartSec
+
+    def kill(self) -> None:
+        """SIGKILL to the unit's processes (the daemon and a pip it runs), as a power cut would."""
+        os.killpg(self.proc.pid, 9)
 
     def stop(self) -> None:
         self.stopping = True
@@ -509,6 +522,42 @@ def test_a_release_failing_its_health_check_is_rolled_back_by_the_node(
     assert update.current_version(root) == __version__ and update.status(root)["good"] == __version__
     rec.wait_for(lambda: online_versions(rec)[-1:] == [__version__] and len(online_versions(rec)) >= 2,
                  what="online again on the old version")  # fmt: skip
+    seq = max(rec.seqs())
+    rec.wait_seq(seq + 3)
+    assert gaps(rec.seqs()) == [] and rec.invalid == []
+    # The fleet view shows the version each node runs and its last update's verdict.
+    fleet = edge_node_cli("fleet", "--broker", broker.url, "--json", "--listen", "2.5")
+    row = next(r for r in json.loads(fleet.stdout) if r["node"] == "trs-ota")
+    assert row["version"] == __version__ and row["state"] == "online"
+    assert row["update"].startswith("rolled_back 0.3.0: update_rolled_back: not healthy within 6 s")
+
+
+def test_a_node_killed_mid_install_resumes_and_confirms(
+    tmp_path, broker, recorder_factory, releases, keys, units, opt
+):
+    """Killed (the daemon and its pip, as a power cut) while it builds the new venv: the next
+    start finds the job and the fetched files, fetches nothing again, rebuilds the venv whole,
+    switches and confirms; the old version ran until the switch."""
+    rec = recorder_factory(broker.port)
+    root = node_root(tmp_path, opt)
+    server = ReleaseServer(releases["0.2.0"])
+    try:
+        units.append(Unit(root, ota_config(tmp_path, broker.url, keys, root), tmp_path / "node.log"))
+        wait_listening(rec, broker)
+        command_id = send_update(broker, keys, "0.2.0", server.url)
+        building = root / "versions" / "0.2.0"
+        deadline = time.monotonic() + 60
+        while not ((building / "venv").exists() and not (building / update.INSTALLED).exists()):
+            assert time.monotonic() < deadline, "the install never started"
+            time.sleep(0.05)
+        units[0].kill()
+        confirmed = wait_update(rec, command_id, "confirmed")
+    finally:
+        server.close()
+    assert confirmed["version"] == "0.2.0" and update.current_version(root) == "0.2.0"
+    assert units[0].exits == [-9, 75]
+    wheels = [name for name, _ in server.requests if name.endswith(".whl")]
+    assert len(wheels) == len(set(wheels))  # no wheel fetched twice: only the manifest, checked again
     seq = max(rec.seqs())
     rec.wait_seq(seq + 3)
     assert gaps(rec.seqs()) == [] and rec.invalid == []
