@@ -1,4 +1,4 @@
-"""Street noise from the sound level meter (`driver = "dnms"`, value `laeq` in dB(A)).
+"""Street noise from the sound level meter (the DNMS component, value `laeq` in dB(A)).
 
 - Hourly LAeq: the energy mean of the hour's readings, 10 lg(mean(10^(L/10))), each reading being
   the LAeq over one equal reading interval; the same 75 % coverage rule as the air index, and

@@ -66,6 +66,18 @@ def growth_factor(rh: float) -> float:
     return 1.0 + (KAPPA / DENSITY) / (100.0 / rh - 1.0) if rh > 0 else 1.0
 
 
+def correct_pm(values: dict[str, float], flags: list[str], rh: float) -> dict:
+    """Put the PM values corrected for humidity rh beside the raw ones and flag `high_humidity`
+    above HIGH_HUMIDITY_RH (both in place); returns the reading's `meta["pm_correction"]`."""
+    if rh > HIGH_HUMIDITY_RH and "high_humidity" not in flags:
+        flags.append("high_humidity")
+    factor = growth_factor(rh)
+    for name in PM_VALUES:
+        if name in values:
+            values[f"{name}_corrected"] = round(values[name] / factor, 1)
+    return {"model": PM_CORRECTION_MODEL, "humidity": rh}
+
+
 def refine(
     values: Mapping[str, float],
     quality: tuple[str, ...],
@@ -85,12 +97,6 @@ def refine(
     if any(name in out for name in PM_VALUES):
         rh = air.current_humidity()
         if rh is not None:
-            if rh > HIGH_HUMIDITY_RH and "high_humidity" not in flags:
-                flags.append("high_humidity")
-            factor = growth_factor(rh)
-            for name in PM_VALUES:
-                if name in out:
-                    out[f"{name}_corrected"] = round(out[name] / factor, 1)
-            meta["pm_correction"] = {"model": PM_CORRECTION_MODEL, "humidity": rh}
+            meta["pm_correction"] = correct_pm(out, flags, rh)
     air.observe(out, tuple(flags))
     return QualityResult(out, tuple(flags), meta or None)

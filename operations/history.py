@@ -3,7 +3,8 @@
 A city map needs hours of readings to show an hourly index and a day of plots; a simulated node
 that starts now has none. So each node's buffer is filled with what its sensors would have read
 over the last hours, from the same seeded environment model its simulated sensors read live
-(`SimulatedNode.environment()`), with the node's own PM correction and flags (`edge_node.quality`).
+(`SimulatedNode.environment()`): each component says what it would have read (its `history`),
+and the node's own PM correction and flags (`edge_node.quality.correct_pm`) are applied on top.
 The daemon then sends that backlog as backfill, behind its live readings, exactly as a node back
 from a dead zone does: the city's ingest stores it like any other.
 """
@@ -12,24 +13,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_node.clock import boot_id, boottime
-from edge_node.quality import HIGH_HUMIDITY_RH, PM_CORRECTION_MODEL, growth_factor
+from edge_node.quality import PM_VALUES, correct_pm, units_with_corrections
 from edge_node.store import NewReading, Store
-from sensors.simulation import SimulatedNode
+from sensors import components
+from sensors.simulation import SimulatedNode, in_fog
 
-# By driver: the values (and units) each kind of sensor gives, as far as the map needs them.
-PM_UNITS = {"pm2_5": "ug/m3", "pm10": "ug/m3", "pm2_5_corrected": "ug/m3", "pm10_corrected": "ug/m3"}
-UNITS = {
-    "bme280": {"temperature": "Cel", "humidity": "%RH", "pressure": "hPa"},
-    "sht4x": {"temperature": "Cel", "humidity": "%RH"},
-    "sds011": PM_UNITS,
-    "pms5003": {"pm1": "ug/m3", **PM_UNITS},
-    "dnms": {"laeq": "dB(A)", "lamin": "dB(A)", "lamax": "dB(A)"},
-}
-FOG_RH = 98.0
-FOG_PM_FACTOR = 4.0  # as edge_node.sensors.Simulation.conditions: droplets counted as particles
+
+@dataclass
+class Past:
+    readings: list[NewReading] = field(default_factory=list)
+    units: dict[str, dict[str, str]] = field(default_factory=dict)  # by sensor, as the daemon records them
 
 
 def node_history(
@@ -40,58 +37,38 @@ def node_history(
     end: float,
     *,
     fog: bool = False,
-) -> list[NewReading]:
-    """Readings of the given sensors (name -> driver; those with a history here) every
+) -> Past:
+    """Readings of the given sensors (name -> driver; those whose component has a history) every
     interval_s in [start, end)."""
     env = SimulatedNode(seed=seed).environment()  # the model its simulated sensors read live
-    wanted = [(name, driver) for name, driver in sensors.items() if driver in UNITS]
+    histories = {driver: c.history for driver, c in components().items() if c.history is not None}
+    wanted = [(name, histories[driver]) for name, driver in sensors.items() if driver in histories]
     boot, mono_now, wall_now = boot_id(), boottime(), time.time()
-    out = []
+    past = Past()
     t = start
     while t < end:
-        c = env.at(t)
-        rh = max(c.humidity_rh, FOG_RH) if fog else c.humidity_rh
+        c = in_fog(env.at(t)) if fog else env.at(t)
         mono = mono_now - (wall_now - t)
-        for sensor, driver in wanted:
-            if driver in ("bme280", "sht4x"):
-                values = {"temperature": round(c.temperature_c, 2), "humidity": round(rh, 1)}
-                if driver == "bme280":
-                    values["pressure"] = round(c.pressure_hpa, 2)
-                out.append(NewReading(sensor, values, (), t, mono, boot, True))
-            elif driver == "dnms":
-                level = c.noise_dba
-                values = {
-                    "laeq": round(level, 1),
-                    "lamin": round(level - 6, 1),
-                    "lamax": round(level + 12, 1),
-                }
-                out.append(NewReading(sensor, values, (), t, mono, boot, True))
-            else:
-                scale = FOG_PM_FACTOR if fog else 1.0
-                pm2_5, pm10 = round(c.pm2_5 * scale, 1), round(max(c.pm10, c.pm2_5) * scale, 1)
-                factor = growth_factor(rh)
-                values = {
-                    "pm2_5": pm2_5,
-                    "pm10": pm10,
-                    "pm2_5_corrected": round(pm2_5 / factor, 1),
-                    "pm10_corrected": round(pm10 / factor, 1),
-                }
-                if driver == "pms5003":
-                    values = {"pm1": round(min(c.pm1 * scale, pm2_5), 1), **values}
-                quality = ("high_humidity",) if rh > HIGH_HUMIDITY_RH else ()
-                meta = {"pm_correction": {"model": PM_CORRECTION_MODEL, "humidity": round(rh, 1)}}
-                out.append(NewReading(sensor, values, quality, t, mono, boot, True, meta))
+        for sensor, history in wanted:
+            units, values = history(c)
+            past.units.setdefault(sensor, units_with_corrections(units))
+            flags: list[str] = []
+            meta = None
+            if any(name in values for name in PM_VALUES):  # as a node corrects it, by the air's humidity
+                meta = {"pm_correction": correct_pm(values, flags, round(c.humidity_rh, 1))}
+            past.readings.append(NewReading(sensor, values, tuple(flags), t, mono, boot, True, meta))
         t += interval_s
-    return out
+    return past
 
 
-def prefill(buffer: Path, readings: list[NewReading], sensors: Mapping[str, str], chunk: int = 5000) -> None:
+def prefill(buffer: Path, past: Past, chunk: int = 5000) -> None:
     """Store the readings in the node's buffer, through the node's own Store."""
     store = Store(buffer, max_rows=10_000_000, max_bytes=10**10, sync_interval_s=10)
     store.open()
     try:
-        for sensor in {r.sensor for r in readings}:
-            store.set_units(sensor, UNITS[sensors[sensor]])
+        for sensor, units in past.units.items():
+            store.set_units(sensor, units)
+        readings = past.readings
         for i in range(0, len(readings), chunk):
             store.append(readings[i : i + chunk])
     finally:

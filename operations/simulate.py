@@ -273,10 +273,10 @@ def build_configs(opts: FleetOptions, workdir: Path) -> list[tuple[NodeSpec, Con
             end = time.time()
             fog = any(f["fault"] == "fog" and f.get("at_s", 0) == 0 for f in spec.faults)
             drivers = {name: driver_of[name] for name in opts.sensors}
-            readings = history.node_history(
+            past = history.node_history(
                 spec.seed, drivers, opts.interval_s, end - opts.history_h * 3600, end, fog=fog
             )
-            history.prefill(base / "buffer.db", readings, drivers)
+            history.prefill(base / "buffer.db", past)
     return out
 
 

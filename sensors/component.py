@@ -56,6 +56,9 @@ class Component:
     bench_knobs: Mapping[str, Any] = field(default_factory=dict)
     bench: Callable[[Node, Mapping[str, Any]], None] | None = None
     pin: int | None = None  # pulse inputs: the BCM pin detect listens on by default
+    # `simulate --history`: what it would have read under the environment model's conditions (a
+    # `simulators.environment.Conditions`), as (its driver's units, values); None: no past.
+    history: Callable[[Any], tuple[Mapping[str, str], dict[str, float]]] | None = None
 
 
 def flag(attribute: str, value: object = True) -> FaultSwitch:

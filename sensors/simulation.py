@@ -49,6 +49,13 @@ def check_pins(pins: Mapping[str, int]) -> None:
         raise ValueError(f"pins: unknown pulse sensor {', '.join(unknown)} (known: {', '.join(known)})")
 
 
+def in_fog(c):
+    """The model's conditions c in fog: humidity near saturation, droplets counted as particles."""
+    return dataclasses.replace(
+        c, humidity_rh=max(c.humidity_rh, 98.0), pm1=c.pm1 * 4, pm2_5=c.pm2_5 * 4, pm10=c.pm10 * 4
+    )
+
+
 class SimulatedNode:
     def __init__(self, *, seed: int = 42, faults: tuple[Mapping[str, Any], ...] = (), **knobs: Any) -> None:
         self.seed = seed
@@ -87,11 +94,7 @@ class SimulatedNode:
     def conditions(self):
         """The environment now, with fog (when injected) on top of the model."""
         c = self.environment().now()
-        if self.fog:
-            c = dataclasses.replace(
-                c, humidity_rh=max(c.humidity_rh, 98.0), pm1=c.pm1 * 4, pm2_5=c.pm2_5 * 4, pm10=c.pm10 * 4
-            )
-        return c
+        return in_fog(c) if self.fog else c
 
     def weather(self) -> tuple[float, float, float]:
         c = self.conditions()

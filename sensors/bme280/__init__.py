@@ -61,6 +61,14 @@ class _AcksScanOnly:
         return self.device.read(n)
 
 
+def history(c):
+    """What it would have read under the environment model's conditions c (`simulate --history`)."""
+    from .driver import BME280Driver
+
+    values = {"temperature": round(c.temperature_c, 2), "humidity": round(c.humidity_rh, 1)}
+    return BME280Driver.units, {**values, "pressure": round(c.pressure_hpa, 2)}
+
+
 COMPONENT = Component(
     driver="bme280",
     name="bme280",
@@ -76,6 +84,7 @@ COMPONENT = Component(
     ),
     build=build,
     simulate=simulate,
+    history=history,
     faults={"nack": flag("nack"), "wrong_chip": flag("chip_id", 0x58), "stuck": flag("stuck"), "fog": fog},
     noisy=True,
     detect=lazy(f"{__name__}.detect:detect"),

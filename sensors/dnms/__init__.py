@@ -43,6 +43,19 @@ def bench(node, knobs):
         node.i2c.attach(ADDRESS, node.add("noise", _device(node), COMPONENT))
 
 
+def history(c):
+    """What it would have read under the environment model's conditions c (`simulate --history`):
+    the model's level as the interval's LAeq, its quietest and loudest 125 ms around it."""
+    from .driver import DNMSDriver
+
+    level = c.noise_dba
+    return DNMSDriver.units, {
+        "laeq": round(level, 1),
+        "lamin": round(level - 6, 1),
+        "lamax": round(level + 12, 1),
+    }
+
+
 COMPONENT = Component(
     driver="dnms",
     name="noise",
@@ -53,6 +66,7 @@ COMPONENT = Component(
     claim=lambda o: None if o["bus"] == "sim" else ("bus", f"I2C address {ADDRESS:#x} on {o['bus']}"),
     build=build,
     simulate=simulate,
+    history=history,
     faults={
         "nack": flag("nack"),
         "bad_crc": flag("bad_crc", 0.2),

@@ -51,6 +51,15 @@ def bench(node, knobs):
         node.serial_ports.append(("sim", device.start().port))
 
 
+def history(c):
+    """What it would have read under the environment model's conditions c (`simulate --history`)."""
+    from .driver import PMS5003Driver
+
+    pm2_5 = round(c.pm2_5, 1)
+    values = {"pm1": round(min(c.pm1, pm2_5), 1), "pm2_5": pm2_5, "pm10": round(max(c.pm10, c.pm2_5), 1)}
+    return PMS5003Driver.units, values
+
+
 COMPONENT = Component(
     driver="pms5003",
     name="pms5003",
@@ -65,6 +74,7 @@ COMPONENT = Component(
     claim=lambda o: None if o["port"] == "sim" else ("port", f"serial port {o['port']}"),
     build=build,
     simulate=simulate,
+    history=history,
     faults={
         "garbage": flag("garbage", 0.5),
         "bad_checksum": flag("bad_checksum", 0.5),

@@ -49,6 +49,13 @@ def bench(node, knobs):
         node.serial_ports.append(("sim", os.ttyname(slave)))
 
 
+def history(c):
+    """What it would have read under the environment model's conditions c (`simulate --history`)."""
+    from .driver import SDS011Driver
+
+    return SDS011Driver.units, {"pm2_5": round(c.pm2_5, 1), "pm10": round(max(c.pm10, c.pm2_5), 1)}
+
+
 COMPONENT = Component(
     driver="sds011",
     name="sds011",
@@ -64,6 +71,7 @@ COMPONENT = Component(
     claim=lambda o: None if o["port"] == "sim" else ("port", f"serial port {o['port']}"),
     build=build,
     simulate=simulate,
+    history=history,
     faults={
         "garbage": flag("garbage", 0.5),
         "bad_checksum": flag("bad_checksum", 0.5),

@@ -52,6 +52,13 @@ def bench(node, knobs):
         node.i2c.attach(0x44, node.add("sht4x", _device(node), COMPONENT))
 
 
+def history(c):
+    """What it would have read under the environment model's conditions c (`simulate --history`)."""
+    from .driver import SHT4xDriver
+
+    return SHT4xDriver.units, {"temperature": round(c.temperature_c, 2), "humidity": round(c.humidity_rh, 1)}
+
+
 COMPONENT = Component(
     driver="sht4x",
     name="sht4x",
@@ -68,6 +75,7 @@ COMPONENT = Component(
     ),
     build=build,
     simulate=simulate,
+    history=history,
     faults={
         "nack": flag("nack"),
         "bad_crc": flag("bad_crc", 0.2),
