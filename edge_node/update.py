@@ -325,8 +325,9 @@ def install(root: Path, release_dir: Path, manifest: dict, *, python: str | None
         raise
     subprocess.run(["sync"], check=False)  # the venv's files on the card before it counts as whole
     _write_json(target / INSTALLED, {"version": version, "at": _now_iso(), "files": manifest["files"]})
-    shutil.copyfile(__file__, root / f".{CHECK_SCRIPT}.tmp")
-    os.replace(root / f".{CHECK_SCRIPT}.tmp", root / CHECK_SCRIPT)
+    tmp = root / f".{CHECK_SCRIPT}.{os.urandom(4).hex()}"
+    shutil.copyfile(__file__, tmp)
+    os.replace(tmp, root / CHECK_SCRIPT)
     return target
 
 
@@ -442,18 +443,28 @@ def cmd_update(args) -> int:
         back = roll_back(root, args.reason)
         print(f"switched back to {back}" if back else "no update on trial")
         return 0 if back else 1
+    first = current_version(root) is None  # a node's first install under the root: no trial
     try:
-        running = current_version(root) or __version__
+        running = "0" if first else current_version(root)
         manifest = verify_release(
             Path(args.release), config.remote.trusted_keys, running, rollback=args.rollback
         )
         install(root, Path(args.release), manifest)
-        if not args.no_switch:
+        if first and not args.no_switch:  # the technician is there: nothing to fall back to
+            switch(root, manifest["version"])
+            _write_json(root / STATE, {"good": manifest["version"]})
+        elif not args.no_switch:
             begin_trial(root, manifest["version"], confirm_s=config.update.confirm_s)
     except UpdateRefused as err:
         print(f"edge-node update: refused: {err}", file=sys.stderr)
         return 1
-    verb = "installed" if args.no_switch else "installed and switched to (on trial: restart the service)"
+    verb = (
+        "installed"
+        if args.no_switch
+        else f"installed as the first version under {root} (good; point the unit at {root}/current)"
+        if first
+        else "installed and switched to (on trial: restart the service)"
+    )
     print(f"{manifest['version']} {verb}")
     return 0
 

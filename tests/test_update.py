@@ -119,14 +119,21 @@ def opt(tmp_path_factory, releases, keys) -> Path:
     cut_short.mkdir(parents=True)  # a power cut during an earlier install of 0.2.0
     (cut_short / "junk").write_text("half a venv")
 
-    def install(version: str) -> None:
-        manifest = update.read_manifest(releases[version], [keys["ops_public"]])
-        update.verify_files(manifest, releases[version])
-        update.install(root, releases[version], manifest)
+    def first_install() -> subprocess.CompletedProcess:  # as a technician sets a node up
+        config = node_config(tmp_path_factory.mktemp("first"), keys["ops_public"], root)
+        return edge_node_cli("update", "-c", str(config), "install", str(releases[__version__]))
+
+    def install() -> None:
+        manifest = update.read_manifest(releases["0.2.0"], [keys["ops_public"]])
+        update.verify_files(manifest, releases["0.2.0"])
+        update.install(root, releases["0.2.0"], manifest)
 
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(install, (__version__, "0.2.0")))
-    update.switch(root, __version__)
+        first, second = pool.submit(first_install), pool.submit(install)
+        second.result()
+        assert first.result().returncode == 0, first.result().stderr
+    assert "installed as the first version" in first.result().stdout
+    assert update.current_version(root) == __version__ and update.read_state(root)["good"] == __version__
     return root
 
 
@@ -229,6 +236,27 @@ def test_cli_refuses_with_one_line_and_exit_1(tmp_path, releases, keys, opt):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "refused:" in result.stderr and "untrusted key" in result.stderr
     assert update.current_version(opt) == __version__
+
+
+def test_the_transfer_holds_max_kbps_and_free_space_is_checked_first(tmp_path, releases, keys):
+    from edge_node.updater import Transfer, _free_space_problem
+
+    server = ReleaseServer(releases["0.2.0"])
+    manifest = update.read_manifest(releases["0.2.0"], [keys["ops_public"]])
+    entry = min((f for f in manifest["files"] if f["size"] > 40_000), key=lambda f: f["size"])
+    try:
+        transfer = Transfer(server.url, tmp_path, max_kbps=200, cancel=threading.Event())  # 25 kB/s
+        started = time.monotonic()
+        transfer.file(entry["name"], entry["size"])
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert update.sha256_file(tmp_path / entry["name"]) == entry["sha256"]
+    assert took >= entry["size"] / 25_000 * 0.9  # never faster than the limit (a floor: load only slows)
+    huge = {"files": [{**entry, "size": 10**15}]}
+    problem = _free_space_problem(huge, tmp_path, tmp_path / "opt")
+    assert problem is not None and problem.startswith("not enough free space: ") and "MB free" in problem
+    assert _free_space_problem(manifest, tmp_path, tmp_path / "opt") is None
 
 
 # -- point 3: side by side, the switch, confirm, crash loop ---------------------------------------
