@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from edge_node.broker_url import parse_broker_url, refuse_clear_password
+from edge_node.broker_connection import BrokerConnection
 
 from .alerts import Alert, Rules, RulesError, load_rules
 
@@ -42,28 +42,26 @@ class Publisher:
         insecure=False,
         client_id="edge-node-alerts",
     ):
-        import paho.mqtt.client as mqtt
-
-        try:
-            address = parse_broker_url(url)  # the one parser: no credentials in a URL
-            refuse_clear_password(address.tls, bool(username and password_file), insecure=insecure)
+        password = None
+        if username and password_file:
+            try:
+                with open(password_file) as f:
+                    password = f.read().rstrip("\n")
+            except OSError as err:
+                raise ValueError(f"--password-file: cannot read {password_file}: {err.strerror}") from None
+        try:  # the one set-up of every tool: URL (no credentials in it), TLS, protocol
+            connection = BrokerConnection.of_tool(
+                url,
+                username=username or None,
+                password=password,
+                ca_file=ca,
+                insecure=insecure,
+                protocol="3.1.1",
+            )
         except ValueError as err:
             raise ValueError(f"--broker: {err}") from None
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        if username:
-            password = None
-            if password_file:
-                try:
-                    with open(password_file) as f:
-                        password = f.read().rstrip("\n")
-                except OSError as err:
-                    raise ValueError(
-                        f"--password-file: cannot read {password_file}: {err.strerror}"
-                    ) from None
-            self.client.username_pw_set(username, password)
-        if address.tls:
-            self.client.tls_set(ca_certs=ca)
-        self.client.connect(address.host, address.port, keepalive=30)
+        self.client = connection.paho_client(client_id)
+        connection.connect(self.client)
         self.client.loop_start()
         self.sent: dict[str, str] = {}
 
@@ -137,7 +135,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         if args.broker:
             try:
                 publisher = Publisher(
-                    args.broker, username=args.username, password_file=args.password_file, ca=args.ca
+                    args.broker,
+                    username=args.username,
+                    password_file=args.password_file,
+                    ca=args.ca,
+                    insecure=args.insecure,
                 )
             except (ValueError, OSError) as err:
                 return _fail(str(err), 2 if isinstance(err, ValueError) else 1)
@@ -180,7 +182,7 @@ def register(sub) -> None:
     )
     p.add_argument("--username", metavar="U")
     p.add_argument("--password-file", metavar="F")
-    p.add_argument("--ca", metavar="FILE", help="CA bundle for mqtts://")
+    p.add_argument("--ca", metavar="FILE", help="CA bundle to verify the broker (implies TLS)")
     p.add_argument("--insecure", action="store_true", help="accept a password over plain mqtt:// (in clear)")
     p.add_argument("--watch", type=float, metavar="S", help="evaluate again every S seconds until stopped")
     p.add_argument("--json", action="store_true", help="one JSON array per evaluation")

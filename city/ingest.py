@@ -34,7 +34,6 @@ import logging
 import queue
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from edge_node.broker_url import parse_broker_url, refuse_clear_password
+from edge_node.broker_connection import BrokerConnection
 
 from .db import Database, DatabaseError, utc_now
 from .gaps import Gap, SeqRange
@@ -481,31 +480,29 @@ class Storage:
 
 class BrokerSettings:
     def __init__(self, args: argparse.Namespace):
-        try:
-            address = parse_broker_url(args.broker)  # the one parser: no credentials in a URL
-        except ValueError as err:
-            raise ValueError(f"--broker: {err}") from None
-        self.url = address.url
-        self.host = address.host
-        self.tls = address.tls or args.ca is not None
-        self.port = address.port
-        self.username = args.username
-        self.password = None
+        password = None
         if args.password_file:
             try:
                 with open(args.password_file, encoding="utf-8") as f:
-                    self.password = f.read().rstrip("\r\n")
+                    password = f.read().rstrip("\r\n")
             except OSError as err:
                 raise ValueError(f"cannot read --password-file: {err}") from None
-        try:
-            refuse_clear_password(
-                self.tls, self.password is not None, insecure=getattr(args, "insecure", False)
+        try:  # the one set-up of every tool: URL (no credentials in it), TLS, protocol
+            self.connection = BrokerConnection.of_tool(
+                args.broker,
+                username=args.username or None,
+                password=password,
+                ca_file=args.ca,
+                client_cert=args.client_cert,
+                client_key=args.client_key,
+                insecure=getattr(args, "insecure", False),
+                protocol=args.protocol,
             )
         except ValueError as err:
             raise ValueError(f"--broker: {err}") from None
         if bool(args.client_cert) != bool(args.client_key):
             raise ValueError("--client-cert and --client-key go together")
-        self.ca, self.cert, self.key = args.ca, args.client_cert, args.client_key
+        self.url = args.broker
         self.v5 = args.protocol == "5"
         self.share = args.share
         if self.share is not None and (not self.share or any(c in self.share for c in "/+#")):
@@ -526,7 +523,6 @@ class Consumer:
     """paho in its own thread: messages into a bounded queue, acknowledgements on request."""
 
     def __init__(self, settings: BrokerSettings, inbox: queue.Queue):
-        import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
@@ -536,21 +532,8 @@ class Consumer:
         self.connected = threading.Event()
         self.refused: str | None = None
         self._lock = threading.Lock()
-        kwargs = (
-            {"protocol": mqtt.MQTTv5} if settings.v5 else {"protocol": mqtt.MQTTv311, "clean_session": False}
-        )
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, manual_ack=True, **kwargs
-        )
-        if settings.username:
-            self.client.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            self.client.tls_set(
-                ca_certs=settings.ca,
-                certfile=settings.cert,
-                keyfile=settings.key,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        session = {} if settings.v5 else {"clean_session": False}  # MQTT 5: clean_start at connect
+        self.client = settings.connection.paho_client(settings.client_id, manual_ack=True, **session)
         self.client.reconnect_delay_set(0.5, 10)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -564,7 +547,7 @@ class Consumer:
 
     def start(self) -> None:
         kwargs = {"clean_start": False, "properties": self._properties} if self.settings.v5 else {}
-        self.client.connect_async(self.settings.host, self.settings.port, keepalive=30, **kwargs)
+        self.settings.connection.connect_async(self.client, **kwargs)
         self.client.loop_start()
 
     def stop(self) -> None:

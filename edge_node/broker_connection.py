@@ -4,7 +4,8 @@ host name checked, against `ca_file` or the system's CAs; a client certificate w
 given) and the MQTT protocol ("5" or "3.1.1").
 
 The daemon's forwarder builds its asyncio client (aiomqtt) from `aiomqtt_options()`; the tools
-(the fleet view, check-broker, the benchmarks) build paho's threaded client with `paho_client()`.
+(the fleet view, check-broker, the benchmarks, the city's ingest and alerts) build paho's threaded
+client with `paho_client()`.
 Both are paho underneath: aiomqtt is an asyncio face on paho, which the daemon's TaskGroup needs;
 the tools are plain threads waiting for callbacks, where paho alone is the smaller and more direct
 choice (and the one whose MQTT 5 reason codes and manual acknowledgements the tools use).
@@ -63,6 +64,8 @@ class BrokerConnection:
         username: str | None = None,
         password: str | None = None,
         ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
         insecure: bool = False,
         protocol: str = "5",
     ) -> BrokerConnection:
@@ -72,7 +75,9 @@ class BrokerConnection:
         address = parse_broker_url(url)
         tls = address.tls or ca_file is not None
         refuse_clear_password(tls, password is not None, insecure=insecure)
-        return cls(address.host, address.port, tls, username, password, ca_file, protocol=protocol)
+        return cls(
+            address.host, address.port, tls, username, password, ca_file, client_cert, client_key, protocol
+        )
 
     def aiomqtt_options(self) -> dict[str, Any]:
         """The keyword arguments of `aiomqtt.Client` that say where and how to connect."""
@@ -121,3 +126,8 @@ class BrokerConnection:
     def connect(self, client: paho.Client, **options: Any) -> None:
         """Connect a client from `paho_client` (DNS, TCP and TLS: raises OSError here)."""
         client.connect(self.host, self.port, keepalive=self.keepalive_s, **options)
+
+    def connect_async(self, client: paho.Client, **options: Any) -> None:
+        """Connect a client from `paho_client` in its network thread (`loop_start`), which retries
+        until the broker answers."""
+        client.connect_async(self.host, self.port, keepalive=self.keepalive_s, **options)
