@@ -46,12 +46,16 @@ def rollback(remote, args: dict, envelope: dict) -> dict:
 
 
 def show(remote, args: dict, envelope: dict) -> dict:
+    try:
+        node_key = remote.node_key()
+    except (ValueError, OSError) as err:
+        raise CommandRefused(f"this node's key pair {remote.node_key_path}: {err}") from None
     return {
         "ok": True,
         "state": "done",
         "config_hash": remote.config.config_hash,
         "config": remote.status(),
-        "node_key": remote.node_key(),  # what an operator seals a new secret to (rotate-password)
+        "node_key": node_key,  # what an operator seals a new secret to (rotate-password)
     }
 
 
@@ -59,7 +63,7 @@ def rotate_password(remote, args: dict, envelope: dict) -> dict:
     """A new broker password, sealed to this node's key inside the signed envelope: written to
     the state directory (0600) and tried as a config change, so that it is kept only if the
     broker accepts it (connected within remote.confirm_s), else the old one comes back."""
-    from .remote import NODE_KEY_FILE, SECRET_PREFIX, write_secret
+    from .remote import SECRET_PREFIX, write_secret
     from .signing import decrypt_secret
 
     if remote.config.broker.username is None:
@@ -68,7 +72,7 @@ def rotate_password(remote, args: dict, envelope: dict) -> dict:
     if not isinstance(sealed, str) or len(sealed) > 1024:
         raise CommandRefused("args.secret must be the new password sealed to this node's key")
     try:
-        secret = decrypt_secret(remote.state_dir / NODE_KEY_FILE, sealed).decode("utf-8")
+        secret = decrypt_secret(remote.node_key_path, sealed).decode("utf-8")
     except (ValueError, OSError, UnicodeDecodeError) as err:
         raise CommandRefused(f"args.secret: {err}") from None
     if not secret or len(secret) > 256 or not secret.isprintable():

@@ -160,6 +160,9 @@ class SimulationConfig:
 class RemoteConfig:
     trusted_keys: tuple[str, ...]  # "ed25519:BASE64" public keys whose signed commands the node runs
     confirm_s: float  # a remote change must prove healthy this soon, else it is rolled back
+    # The node's X25519 key pair for secrets sent to it (rotate-password), made at provisioning;
+    # None: a node provisioned before that, whose key pair is made in its state directory.
+    node_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "remote": {
         "trusted_keys": Key(lambda value: _trusted_keys(value), []),
         "confirm_s": Key(number(min=1, max=3600), 120),
+        "node_key": Key(_PATH, None),
     },
     "update": {
         "root": Key(_PATH, "/opt/edge-node"),
@@ -473,6 +477,7 @@ def _parse(
     try:
         config = _build(validate_table(document, CONFIG_SCHEMA), source, base_dir, data)
         _check_files_readable(config.broker)
+        _check_node_key(config.remote.node_key)
     except Invalid as err:
         problem = err.problem
         if err.did_you_mean is not None:
@@ -531,7 +536,9 @@ def _build(values: dict[str, Any], source: str, base_dir: Path, data: bytes) -> 
         simulation=SimulationConfig(**values["simulation"]),
         config_hash=hashlib.sha256(data).hexdigest()[:16],
         remote=RemoteConfig(
-            trusted_keys=tuple(values["remote"]["trusted_keys"]), confirm_s=values["remote"]["confirm_s"]
+            trusted_keys=tuple(values["remote"]["trusted_keys"]),
+            confirm_s=values["remote"]["confirm_s"],
+            node_key=resolve(values["remote"]["node_key"]),
         ),
         update=UpdateConfig(
             root=base_dir / values["update"]["root"],
@@ -551,6 +558,22 @@ def _check_files_readable(broker: BrokerConfig) -> None:
                 pass
         except OSError as err:
             raise Invalid(f"cannot read {path}: {err.strerror or err}", "broker", name) from None
+
+
+def _check_node_key(path: Path | None) -> None:
+    """Readable and a PEM private key; that it is an X25519 one is checked where it is used
+    (the daemon does not import `cryptography` to start)."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as file:
+            pem = file.read(4096)
+    except OSError as err:
+        raise Invalid(f"cannot read {path}: {err.strerror or err}", "remote", "node_key") from None
+    if b"-----BEGIN PRIVATE KEY-----" not in pem:
+        raise Invalid(
+            f"{path} is not a PEM private key (`edge-node provision` makes it)", "remote", "node_key"
+        )
 
 
 # --- The remote layer (issue 13): dotted keys set by signed commands over the technician's file ----

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 LAYER_FILE = "remote-layer.json"
 PENDING_FILE = "remote-pending.json"
 SEEN_FILE = "commands-seen.json"
-NODE_KEY_FILE = "node-key.pem"  # the node's X25519 key pair: secrets sent to it (edge_node.signing)
+# The node's X25519 key pair for secrets sent to it (edge_node.signing): `remote.node_key`, made by
+# `edge-node provision`; this file in the state directory, made on first use, for nodes
+# provisioned before provisioning made it (their config has no remote.node_key).
+NODE_KEY_FILE = "node-key.pem"
 SECRET_PREFIX = "broker-secret-"  # a rotated broker password, named by the command that sent it
 MAX_VALIDITY_S = 7 * 86400  # an envelope may not be valid longer: bounds what is remembered
 MAX_SEEN = 10_000
@@ -51,6 +54,7 @@ LOCKED_KEYS = {  # what a remote change may not touch, and why
     "node.id": "the node's identity is set at provisioning",
     "buffer.path": "moving the buffer would strand its backlog",
     "broker.password_file": "a password is changed by rotate-password, sealed to the node",
+    "remote.node_key": "the node's key pair is made at provisioning",
 }
 RESTART_DELAY_S = 0.5  # lets the reply go out before the pipeline stops
 MAX_STARTS_PENDING = 2  # a change that has seen this many starts unconfirmed is rolled back
@@ -193,11 +197,17 @@ class NodeRemote:
     def pending(self) -> dict | None:
         return _read_json(self.pending_path)
 
+    @property
+    def node_key_path(self) -> Path:
+        """This node's key pair for secrets: the provisioned one, else the state directory's."""
+        return self.base.remote.node_key or self.state_dir / NODE_KEY_FILE
+
     def node_key(self) -> str:
-        """This node's public key for secrets (`x25519:...`), its key pair made on first use."""
+        """This node's public key for secrets (`x25519:...`); the state directory's fallback
+        pair is made on first use, a provisioned one never replaced."""
         from .signing import node_key
 
-        return node_key(self.state_dir / NODE_KEY_FILE)
+        return node_key(self.node_key_path, create=self.base.remote.node_key is None)
 
     def _prune_secrets(self) -> None:
         """Rotated passwords no layer points at any more: a rolled-back one, or the one before."""

@@ -13,8 +13,10 @@ The API, for every user of it:
 - `unseal(sealed, trusted_keys) -> dict`: the document, or `SignatureError` saying why not
   (`unsigned`, `untrusted key`, `bad signature`).
 - `parse_public_key(text) -> bytes`: the 32 raw bytes of an `ed25519:...` line, or ValueError.
-- Secrets for one node (a new broker password): `node_key(path) -> "x25519:..."` (the node's
-  key pair, made on first use), `encrypt_secret(node_public, bytes) -> str` on the operator's
+- Secrets for one node (a new broker password): `new_node_key() -> PEM` (the node's X25519 key
+  pair, made by `edge-node provision`), `node_public_key(pem)` and `node_key(path) ->
+  "x25519:..."` (which makes the pair in `path` if missing: the fallback for nodes provisioned
+  before provisioning made it), `encrypt_secret(node_public, bytes) -> str` on the operator's
   side, `decrypt_secret(path, str) -> bytes` on the node's. The sealed secret travels inside a
   signed envelope, so it is both private to the node and from a trusted operator.
 """
@@ -71,20 +73,19 @@ class Signer:
 
 def generate_key(path: str | os.PathLike[str]) -> str:
     """Write a new private key to `path` (0600, refusing to overwrite) and return its public key."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
-    _write_private_key(path, key)
-    return Signer(key).public
-
-
-def _write_private_key(path: str | os.PathLike[str], key) -> None:
-    """PEM (PKCS#8) in a new 0600 file; never over an existing one, never through a symlink."""
-    from cryptography.hazmat.primitives import serialization
-
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    _write_private_key(path, pem)
+    return Signer(key).public
+
+
+def _write_private_key(path: str | os.PathLike[str], pem: bytes) -> None:
+    """A new 0600 file; never over an existing one, never through a symlink."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(pem)
@@ -149,19 +150,53 @@ NODE_KEY_PREFIX = "x25519:"
 _SECRET_INFO = b"edge-node secret v1"
 
 
-def node_key(path: str | os.PathLike[str]) -> str:
-    """The node's own key pair for secrets sent to it (made here, 0600, if there is none yet);
-    returns its public key `x25519:BASE64`, which the node tells a trusted operator."""
+def new_node_key() -> bytes:
+    """A new X25519 private key for a node, PEM (PKCS#8): `edge-node provision` writes it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_node_key(pem: bytes):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except FileNotFoundError:
-        key = X25519PrivateKey.generate()
-        _write_private_key(path, key)
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise ValueError("not a PEM private key without a passphrase") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise ValueError("not an X25519 key (`edge-node provision` makes the node's)")
+    return key
+
+
+def node_public_key(pem: bytes) -> str:
+    """The public key `x25519:BASE64` of a node's private key (PEM); ValueError saying why not."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = (
+        _load_node_key(pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
     return NODE_KEY_PREFIX + base64.b64encode(raw).decode()
+
+
+def node_key(path: str | os.PathLike[str], *, create: bool = True) -> str:
+    """The public key `x25519:BASE64` of the node's key pair in `path`, which the node tells a
+    trusted operator. `create`: make the pair there (0600) if there is none yet (a node
+    provisioned before provisioning made it); otherwise a missing file is an OSError."""
+    try:
+        pem = Path(path).read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise
+        pem = new_node_key()
+        _write_private_key(path, pem)
+    return node_public_key(pem)
 
 
 def _secret_cipher(shared: bytes, ephemeral: bytes, recipient: bytes):
@@ -203,7 +238,7 @@ def decrypt_secret(private_path: str | os.PathLike[str], token: str) -> bytes:
         raise ValueError("the secret is not base64") from None
     if len(data) < 32 + 12 + 16:
         raise ValueError("the secret is too short to be sealed")
-    key = serialization.load_pem_private_key(Path(private_path).read_bytes(), password=None)
+    key = _load_node_key(Path(private_path).read_bytes())
     ephemeral, nonce, sealed = data[:32], data[32:44], data[44:]
     recipient = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     shared = key.exchange(X25519PublicKey.from_public_bytes(ephemeral))

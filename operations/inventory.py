@@ -5,14 +5,17 @@ out (issue 13 point 8).
 Two sources, either or both (`--inventory FILE`, repeatable):
 - a CSV the operator keeps, with a header line and the columns `node,site,lat,lon` (site and the
   coordinates may be empty; other columns are ignored), one node a line;
-- provisioning reports (`edge-node provision --report FILE`, JSON): each names its node; a
-  report only counts as provisioned when its result is PASS.
+- provisioning reports (`edge-node provision --report FILE`, JSON): each names its node and
+  its `node_key` (what `remote rotate-password` seals the new password to, rather than to
+  whatever key an answer on the broker claims); a report only counts when its result is PASS.
 
 `edge-node simulate --inventory-out FILE` writes the CSV of the fleet it simulates.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import math
@@ -36,6 +39,7 @@ class InventoryNode:
     site: str = ""
     lat: float | None = None
     lon: float | None = None
+    node_key: str | None = None  # "x25519:...", from a provisioning report
 
     @property
     def where(self) -> str:
@@ -103,7 +107,21 @@ def _report(path: Path, text: str) -> list[InventoryNode]:
         raise InventoryError(f"{path}: not a provisioning report (a JSON object)")
     if report.get("result") != "PASS":
         return []
-    return [InventoryNode(_node_id(path, "node", report.get("node")))]
+    node_key = report.get("node_key")
+    if node_key is not None and not _is_node_key(node_key):
+        raise InventoryError(
+            f"{path}: node_key: must be x25519:BASE64 of 32 bytes (got {str(node_key)[:60]!r})"
+        )
+    return [InventoryNode(_node_id(path, "node", report.get("node")), node_key=node_key)]
+
+
+def _is_node_key(value) -> bool:
+    if not isinstance(value, str) or not value.startswith("x25519:"):
+        return False
+    try:
+        return len(base64.b64decode(value[len("x25519:") :], validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 def write_inventory(path: str | Path, nodes: list[InventoryNode]) -> None:

@@ -462,9 +462,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rotation(args, watch, client, signer, online, offline, progress) -> Rollout:
+def _rotation(args, watch, client, signer, online, offline, progress, inventory) -> Rollout:
     """`show` to learn each online node's key, then the password sealed to each. An offline node
-    is left for a later run: its key, and whether it still has the old password, are unknown."""
+    is left for a later run: its key, and whether it still has the old password, are unknown.
+    A node whose provisioning report is in the inventory must answer with the key it records:
+    else something other than that node may be answering, and it is sent nothing."""
     with open(args.secret_file, encoding="utf-8") as f:
         secret = f.read().rstrip("\r\n")
     from edge_node.signing import encrypt_secret
@@ -474,13 +476,25 @@ def _rotation(args, watch, client, signer, online, offline, progress) -> Rollout
     )
     asking.run(online, [], progress)
     keys = {n: r.reply.get("node_key") for n, r in asking.runs.items() if r.result == "ok" and r.reply}
+    mismatched = {
+        n: inventory[n].node_key
+        for n, key in keys.items()
+        if key and n in inventory and inventory[n].node_key not in (None, key)
+    }
+    for node in mismatched:
+        del keys[node]
     rotation = Rollout(
         args, watch, client, signer, "rotate-password", {},
         args_for=lambda node: {"secret": encrypt_secret(keys[node], secret.encode())},
     )  # fmt: skip
     rotation.run([n for n in online if keys.get(n)], [], progress)
+    for node, recorded in mismatched.items():
+        rotation.runs[node] = NodeRun(
+            node, None, result="failed",
+            detail=f"its key differs from its provisioning report's ({recorded[:20]}...): nothing sent",
+        )  # fmt: skip
     for node in online:
-        if not keys.get(node):
+        if not keys.get(node) and node not in mismatched:
             detail = asking.runs[node].detail if node in asking.runs else ""
             rotation.runs[node] = NodeRun(node, None, result="failed", detail=f"its key is unknown: {detail}")
     for node in offline:
@@ -548,7 +562,9 @@ def cmd_remote(args: argparse.Namespace, *, out=None, err=None) -> int:
         online = [n for n in targets if known[n].get("state") == "online"]
         offline = [n for n in targets if n not in online]
         if command == "rotate-password":
-            rollout = _rotation(args, watch, client, signer, online, offline, progress_printer(err))
+            rollout = _rotation(
+                args, watch, client, signer, online, offline, progress_printer(err), inventory
+            )
         else:
             rollout = Rollout(args, watch, client, signer, command, cmd_args)
             rollout.run(online, offline, progress_printer(err))

@@ -1,7 +1,8 @@
 """`edge-node provision`: the technician's one command (DESIGN §6, issue 5).
 
 In order, one progress line per check as it completes: detect the sensors (`detect.*`), write
-the secrets and the config (`config.written`), self-test each sensor (`selftest.*`), prove the
+the secrets (among them the node's X25519 key pair, made once and kept) and the config
+(`config.written`), self-test each sensor (`selftest.*`), prove the
 broker round-trip (`broker.*`), install and start the service (`install.*`); then the PASS/FAIL
 report, also as JSON with `--report FILE`. The config is written after detect because it lists
 the sensors detect found.
@@ -43,6 +44,7 @@ from edge_node.signing import parse_public_key
 from .install import (
     SERVICE,
     install,
+    open_no_follow,
     put_file,
     service_ids,
     service_state,
@@ -58,6 +60,7 @@ SECRET = ETC / "secret"
 CA_FILE = ETC / "ca.pem"
 CLIENT_CERT = ETC / "client.pem"
 CLIENT_KEY = ETC / "client.key"
+NODE_KEY = ETC / "node.key"  # the node's X25519 key pair: secrets sealed to it (rotate-password)
 DEFAULT_BUFFER = SECTIONS["buffer"]["path"].default  # /var/lib/edge-node/buffer.db
 DEFAULT_PREFIX = SECTIONS["broker"]["topic_prefix"].default
 # Config keys holding the node's files: written as real paths, read under --root through config_view.
@@ -67,6 +70,7 @@ PATH_KEYS = (
     ("broker", "client_key"),
     ("broker", "ca_file"),
     ("buffer", "path"),
+    ("remote", "node_key"),
 )
 MANAGED_SECTIONS = ("node", "broker", "buffer", "sensors")  # everything else is carried over as it is
 
@@ -370,9 +374,10 @@ def config_document(plan: Plan, sensors: dict[str, dict], existing: dict[str, An
     for name, value in existing.items():
         if name not in MANAGED_SECTIONS:
             document[name] = value
+    old_remote = existing.get("remote") if isinstance(existing.get("remote"), dict) else {}
+    document["remote"] = {**old_remote, "node_key": str(NODE_KEY)}
     if plan.trusted_keys:  # the operators who may change this node remotely (edge_node.remote)
-        old_remote = existing.get("remote") if isinstance(existing.get("remote"), dict) else {}
-        document["remote"] = {**old_remote, "trusted_keys": list(plan.trusted_keys)}
+        document["remote"]["trusted_keys"] = list(plan.trusted_keys)
     document["sensors"] = merged
     return document
 
@@ -398,6 +403,7 @@ def write_config(plan: Plan, sensors: dict[str, dict], report: Report) -> tuple[
         for path, (data, mode) in plan.secrets.items():
             owner = secret_owner if mode == 0o600 else None
             states[str(path)] = put_file(under_root(path, plan.root), data, mode, owner)
+        states[str(NODE_KEY)], report.node_key = _node_key(under_root(NODE_KEY, plan.root), secret_owner)
         staged = under_root(plan.config_path, plan.root)
         text = HEADER + "\n" + dumps_toml(config_document(plan, sensors, _read_existing(staged)))
         view = config_view(plan.config_path, plan.root, text=text)  # invalid: not written, FAIL
@@ -415,6 +421,23 @@ def write_config(plan: Plan, sensors: dict[str, dict], report: Report) -> tuple[
         )
         written = view
     return written, changed
+
+
+def _node_key(path: Path, owner: tuple[int, int] | None) -> tuple[str, str]:
+    """The node's key pair for secrets sent to it: kept if there is one (a rerun; operators may
+    hold its public key), made otherwise; 0600, owned like the password. (state, public key)"""
+    from edge_node.signing import new_node_key, node_public_key
+
+    try:
+        with os.fdopen(open_no_follow(path), "rb") as file:
+            pem = file.read(65536)
+    except FileNotFoundError:
+        pem = new_node_key()
+    try:
+        public = node_public_key(pem)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}; move it away to have a new one made") from None
+    return put_file(path, pem, 0o600, owner), public
 
 
 # --- The command -------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class Report:
     node: str
     config_hash: str
     checks: list[Check] = field(default_factory=list)
+    node_key: str = ""  # the node's public key for secrets sent to it (x25519:...), once written
     show: Callable[[str], None] | None = None  # progress, one line per check as it completes
 
     @property
@@ -75,6 +76,7 @@ class Report:
             "node": self.node,
             "version": __version__,
             "config_hash": self.config_hash,
+            **({"node_key": self.node_key} if self.node_key else {}),
             "result": self.result,
             "checks": [c.as_json() for c in self.checks],
         }

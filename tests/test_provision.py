@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from edge_node.cli import build_parser, main
+from edge_node.signing import node_public_key
 from edge_node.store import NewReading, Store
 from operations.mosquitto import free_port
 from provisioning.detect import SimulatedNode
@@ -139,6 +140,10 @@ def test_provision_passes_end_to_end_and_a_rerun_keeps_the_buffer(city, tmp_path
     assert (etc / "secret").read_text().strip() == password
     assert stat.S_IMODE((etc / "config.toml").stat().st_mode) == 0o640
     assert stat.S_IMODE((etc / "ca.pem").stat().st_mode) == 0o644
+    # The node's key pair for secrets sent to it (rotate-password), its public key in the report.
+    assert stat.S_IMODE((etc / "node.key").stat().st_mode) == 0o600
+    node_key = (etc / "node.key").read_bytes()
+    assert report["node_key"] == node_public_key(node_key) and report["node_key"].startswith("x25519:")
     text = (etc / "config.toml").read_text()
     for place in (
         output,
@@ -155,6 +160,7 @@ def test_provision_passes_end_to_end_and_a_rerun_keeps_the_buffer(city, tmp_path
     assert config.broker.password_file == etc / "secret" and config.broker.password() == password
     assert config.buffer.path == root / "var/lib/edge-node/buffer.db"
     assert config.config_hash == report["config_hash"]
+    assert 'node_key = "/etc/edge-node/node.key"' in text and config.remote.node_key == etc / "node.key"
     assert all("sim" in s.options.values() for s in config.sensors.values())  # --simulate: the sim buses
     assert not (root / "var/lib/edge-node").exists()  # provision never touches the buffer's directory
 
@@ -170,6 +176,7 @@ def test_provision_passes_end_to_end_and_a_rerun_keeps_the_buffer(city, tmp_path
     assert "unchanged" in checks["config.written"]["detail"]
     assert set(checks["config.written"]["measured"]["files"].values()) == {"unchanged"}
     assert "unchanged" in checks["install.unit"]["detail"]
+    assert (etc / "node.key").read_bytes() == node_key and report["node_key"] == node_public_key(node_key)
     assert (root / "etc/systemd/system/edge-node.service").stat().st_mtime == unit_before
     assert _fingerprint(config.buffer.path.parent) == before
     reopened = Store(config.buffer.path, max_rows=1000, max_bytes=10**7, sync_interval_s=1)

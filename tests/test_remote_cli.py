@@ -150,8 +150,11 @@ def test_rotate_password_keeps_the_new_password_only_if_the_broker_accepts_it(
     tmp_path, recorder_factory, daemons, operator_key
 ):
     from operations.mosquitto import LocalBroker
+    from provisioning.provision import _node_key
 
     key, public = operator_key
+    node_key = tmp_path / "node.key"  # as `edge-node provision` makes it (/etc/edge-node/node.key)
+    _, node_public = _node_key(node_key, None)
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "sim-rot", "old-secret"], check=True)
     conf = f"password_file {passwd}\nallow_anonymous true\n"  # the operator's tool connects anonymously
@@ -165,18 +168,35 @@ def test_rotate_password_keeps_the_new_password_only_if_the_broker_accepts_it(
                 "keepalive_s = 5",
                 f'keepalive_s = 5\nusername = "sim-rot"\npassword_file = "{secret}"\nallow_insecure = true',
             )
-            + f'\n[remote]\ntrusted_keys = ["{public}"]\nconfirm_s = 6\n'
+            + f'\n[remote]\ntrusted_keys = ["{public}"]\nconfirm_s = 6\nnode_key = "{node_key}"\n'
         )
         daemons.append(start_daemon(config))
         rec.wait_seq(2)
+        state = tmp_path / "state"
 
+        # The provisioning report records the node's key: a node answering with another one is
+        # sent nothing (something else may be answering in its name).
         wrong = tmp_path / "wrong"
         wrong.write_text("not-registered-on-the-broker\n")
-        refused = remote(
-            broker, key, "--json", "rotate-password", "--secret-file", str(wrong), nodes="sim-rot"
-        )
-        assert refused.returncode == 1, refused.stderr
-        [node] = json.loads(refused.stdout)["nodes"]
+
+        def rotate_to_wrong(recorded_key: str) -> dict:
+            report = tmp_path / "report.json"  # as `edge-node provision --report` writes it
+            report.write_text(json.dumps({"node": "sim-rot", "result": "PASS", "node_key": recorded_key}))
+            done = remote(
+                broker, key, "--inventory", str(report), "--json",
+                "rotate-password", "--secret-file", str(wrong), nodes="sim-rot",
+            )  # fmt: skip
+            assert done.returncode == 1, done.stderr
+            [node] = json.loads(done.stdout)["nodes"]
+            return node
+
+        node = rotate_to_wrong(_node_key(tmp_path / "k2", None)[1])
+        assert node["result"] == "failed" and "differs from its provisioning report" in node["detail"]
+        assert not list(state.glob("broker-secret-*")) and not rec.payloads("/cmd/rotate-password/reply")
+        moved = remote(broker, key, "--json", "set", f"remote.node_key={tmp_path / 'k2'}", nodes="sim-rot")
+        assert moved.returncode == 1 and "cannot be changed remotely" in moved.stdout, moved.stdout
+
+        node = rotate_to_wrong(node_public)
         assert node["result"] == "failed" and "config_rolled_back" in node["detail"]
         rec.wait_for(
             lambda: rec.payloads("/status")[-1]["state"] == "online", what="back on the old password"
@@ -201,7 +221,7 @@ def test_rotate_password_keeps_the_new_password_only_if_the_broker_accepts_it(
         broker.proc.send_signal(signal.SIGHUP)
         out, err = rotating.communicate(timeout=60)
         assert rotating.returncode == 0, out + err
-        state = tmp_path / "state"
+        assert not (state / "node-key.pem").exists()  # the provisioned key pair, not the fallback
         layer = json.loads((state / "remote-layer.json").read_text())
         kept = layer["values"]["broker.password_file"]
         assert open(kept).read() == "new-secret\n" and stat.S_IMODE(os.stat(kept).st_mode) == 0o600
@@ -230,7 +250,34 @@ def test_provision_writes_the_operators_keys_and_refuses_a_bad_one(tmp_path, ope
     ]  # fmt: skip
     plan = validate(build_parser("provision").parse_args([*argv, "--trusted-key", public]))
     document = config_document(plan, {}, {"remote": {"confirm_s": 60}})
-    assert document["remote"] == {"confirm_s": 60, "trusted_keys": [public]}
+    assert document["remote"] == {
+        "confirm_s": 60,
+        "node_key": "/etc/edge-node/node.key",
+        "trusted_keys": [public],
+    }
     assert f'trusted_keys = ["{public}"]' in dumps_toml(document)
     with pytest.raises(UsageError, match="--trusted-key: must be ed25519:BASE64"):
         validate(build_parser("provision").parse_args([*argv, "--trusted-key", "ssh-ed25519 AAAA"]))
+
+
+def test_provision_makes_the_nodes_key_pair_once_and_the_config_checks_it(tmp_path):
+    from edge_node.config import ConfigError, parse_config
+    from provisioning.provision import _node_key
+
+    path = tmp_path / "node.key"
+    state, public = _node_key(path, None)
+    assert state == "written" and public.startswith("x25519:") and stat.S_IMODE(path.stat().st_mode) == 0o600
+    before = path.read_bytes()
+    path.chmod(0o644)
+    assert _node_key(path, None) == ("mode fixed", public) and path.read_bytes() == before
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    with pytest.raises(ValueError, match="garbage.key: not a PEM private key"):
+        _node_key(garbage, None)
+
+    base = '[node]\nid = "trs-0042"\n[broker]\nurl = "mqtt://localhost"\n[remote]\n'
+    assert parse_config(base + f'node_key = "{path}"\n', source="c.toml").remote.node_key == path
+    for value, problem in ((garbage, "is not a PEM private key"), (tmp_path / "none", "cannot read")):
+        with pytest.raises(ConfigError, match=f"^c.toml: remote.node_key: .*{problem}"):
+            parse_config(base + f'node_key = "{value}"\n', source="c.toml")
