@@ -260,9 +260,19 @@ def backlog_then_broker(tmp_path, broker: LocalBroker, make_daemon, *, forward: 
     config = write_config(tmp_path, broker.url, forward=forward)
     broker.stop()
     daemon = make_daemon(config)
-    time.sleep(5)  # ~10 readings of two sensors
+    # ~5 s of two sensors, so that the backlog travels in batches of several readings (the buffer
+    # is the daemon's alone while it runs: its status file says how much is waiting)
+    wait_status(tmp_path, lambda s: s["backlog"] >= 10, "a backlog of 10 readings")
     broker.start()
     return daemon
+
+
+def wait_for_the_backlog_behind_a_live_reading(rec) -> None:
+    """Live readings go first: once one has arrived, every seq before it must follow (a refused
+    batch waits out a back-off first, so no fixed delay is enough on a loaded box)."""
+    rec.wait_for(lambda: any(not r["backfill"] for r in rec.readings()), WAIT_S, "a live reading")
+    first_live = min(r["seq"] for r in rec.readings() if not r["backfill"])
+    rec.wait_for(lambda: set(range(1, first_live)) <= rec.seqs(), WAIT_S, "the backlog behind it")
 
 
 def test_a_message_size_limit_splits_the_backfill_batches_until_they_pass(
@@ -274,8 +284,7 @@ def test_a_message_size_limit_splits_the_backfill_batches_until_they_pass(
     with LocalBroker(workdir=str(tmp_path / "broker"), extra_conf=f"message_size_limit {limit}\n") as broker:
         rec = recorder_factory(broker.port)
         daemon = backlog_then_broker(tmp_path, broker, make_daemon, forward="backfill_rate = 0")
-        rec.wait_for(lambda: any(not r["backfill"] for r in rec.readings()), WAIT_S, "a live reading")
-        time.sleep(1)
+        wait_for_the_backlog_behind_a_live_reading(rec)
         assert daemon.terminate() == 0, daemon.tail()
     last = last_seq(tmp_path)
     assert rec.seqs() == set(range(1, last + 1)) and buffered_seqs(tmp_path) == set()
@@ -321,9 +330,7 @@ def test_the_connack_maximum_packet_size_caps_the_batches(tmp_path, recorder_fac
     with LocalBroker(workdir=str(tmp_path / "broker"), extra_conf=f"max_packet_size {limit}\n") as broker:
         rec = recorder_factory(broker.port)
         daemon = backlog_then_broker(tmp_path, broker, make_daemon, forward="backfill_rate = 0")
-        rec.wait_for(lambda: any(not r["backfill"] for r in rec.readings()), WAIT_S, "a live reading")
-        first_live = min(r["seq"] for r in rec.readings() if not r["backfill"])
-        rec.wait_for(lambda: set(range(1, first_live)) <= rec.seqs(), WAIT_S, "the backlog behind it")
+        wait_for_the_backlog_behind_a_live_reading(rec)
         assert daemon.terminate() == 0, daemon.tail()
         last = last_seq(tmp_path)
     assert rec.seqs() == set(range(1, last + 1))
