@@ -16,7 +16,7 @@ import paho.mqtt.publish as publish
 import pytest
 
 from edge_node import schemas
-from edge_node.signing import generate_key, load_signer
+from edge_node.signing import generate_key, load_signer, node_public_key
 
 from .conftest import PREFIX, gaps, start_daemon, write_config
 
@@ -141,7 +141,11 @@ def test_every_unsafe_command_is_refused_with_a_reason_and_changes_nothing(
     shown = signer.seal(envelope("show"))
     first_id = json.loads(shown["body"])["id"]
     send(broker, "show", shown)
-    assert wait_reply(rec, "show", first_id)["ok"]
+    reply = wait_reply(rec, "show", first_id)
+    assert reply["ok"]
+    # No remote.node_key (a node provisioned before provision made the key pair): the fallback
+    # pair is made in the state directory, and `show` tells its public key.
+    assert reply["node_key"] == node_public_key((tmp_path / "state" / "node-key.pem").read_bytes())
     send(broker, "show", shown)
     rec.wait_for(lambda: len(replies(rec, "show", first_id)) == 2, what="the replay's refusal")
     assert "replayed" in replies(rec, "show", first_id)[1]["error"]
