@@ -875,9 +875,12 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
         return 1
     server = None
     stop = stop or threading.Event()
-    on_term = None
+    restore: dict[int, object] = {}
     if args.watch and threading.current_thread() is threading.main_thread():
-        on_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service's stop is a Ctrl-C
+        # Ctrl-C and a service's stop both end the watch through `stop`, wherever it is (a
+        # KeyboardInterrupt while rich is still being imported would skip the closing table)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            restore[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         if args.prometheus is not None:
             try:
@@ -909,8 +912,8 @@ def cmd_fleet(args: argparse.Namespace, *, stop: threading.Event | None = None, 
             print(f"edge-node fleet: {fleet.ignored()}", file=sys.stderr)
         return 1 if any(r["needs_visit"] for r in rows) else 0
     finally:
-        if on_term is not None:
-            signal.signal(signal.SIGTERM, on_term)
+        for signum, handler in restore.items():
+            signal.signal(signum, handler)
         if server is not None:
             server.shutdown()
             server.server_close()

@@ -366,14 +366,16 @@ def test_watch_piped_prints_the_plain_table_once_when_stopped(broker, stop_signa
         str(port),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15  # watching, once its /metrics has heard the node
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 60  # watching, once its /metrics has heard the node
+    while True:
+        assert time.monotonic() < deadline, "the watching fleet view never served the node"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
                 if "trs-pipe" in resp.read().decode():
                     break
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     proc.send_signal(stop_signal)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 1, err
