@@ -42,6 +42,22 @@ def bus_problem(label: str, bus, err: Exception) -> str:
     return f"{path}: {describe_error(err)}"
 
 
+def answering_buses(
+    probe, devices: dict[str, list[str]], problems: list[str]
+) -> Iterator[tuple[str, Any, list[int]]]:
+    """Each I2C bus of `probe` with the addresses that acknowledge its scan (also recorded in
+    `devices`); a bus that cannot be scanned becomes one line in `problems` instead."""
+    for label, bus in probe.i2c:
+        try:
+            with locked(bus):
+                present = bus.scan()
+        except Exception as err:
+            problems.append(bus_problem(label, bus, err))
+            continue
+        devices[label] = [f"{a:#04x}" for a in present]
+        yield label, bus, present
+
+
 def detect_on_i2c(
     probe,
     name: str,
@@ -56,14 +72,7 @@ def detect_on_i2c(
         devices: dict[str, list[str]] = {}
         problems: list[str] = []
         wrong: list[str] = []
-        for label, bus in probe.i2c:
-            try:
-                with locked(bus):
-                    present = bus.scan()
-            except Exception as err:
-                problems.append(bus_problem(label, bus, err))
-                continue
-            devices[label] = [f"{a:#04x}" for a in present]
+        for label, bus, present in answering_buses(probe, devices, problems):
             for address in addresses:
                 if address not in present:
                     continue

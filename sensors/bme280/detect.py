@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sensors.component import describe_error
-from sensors.i2c_detect import bus_problem, locked
+from sensors.i2c_detect import answering_buses, locked
 
 from .driver import CHIP_ID_BME280, OTHER_CHIPS, BME280Driver
 
@@ -32,14 +32,7 @@ def detect(probe) -> None:
         candidates: list[dict] = []
         problems: list[str] = []  # bus-level, worst first
         wrong: list[str] = []  # something else answers where a BME280 should
-        for label, bus in probe.i2c:
-            try:
-                with locked(bus):
-                    addresses = bus.scan()
-            except Exception as err:
-                problems.append(bus_problem(label, bus, err))
-                continue
-            devices[label] = [f"{a:#04x}" for a in addresses]
+        for label, bus, addresses in answering_buses(probe, devices, problems):
             for address in BME280_ADDRESSES:
                 if address not in addresses:
                     continue
