@@ -43,10 +43,11 @@ system-deps:
 	fi
 
 # Three workers, one test file each at a time (its module and session servers stay shared):
-# the suite waits more than it computes. TEST_WORKERS=0 runs it in one process.
+# the suite waits more than it computes. TEST_WORKERS=0 runs it in one process. A failed test
+# runs once more and is listed as RERUN in the summary (a failure twice fails the run).
 TEST_WORKERS ?= 3
 test: $(STAMP) system-deps
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) --reruns 1 -raR
 
 # The soak/fault tests in their long form (CI runs the short one).
 test-long: $(STAMP) system-deps

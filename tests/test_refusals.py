@@ -267,12 +267,16 @@ def backlog_then_broker(tmp_path, broker: LocalBroker, make_daemon, *, forward: 
     return daemon
 
 
-def wait_for_the_backlog_behind_a_live_reading(rec) -> None:
+def wait_for_the_backlog_behind_a_live_reading(rec, daemon) -> None:
     """Live readings go first: once one has arrived, every seq before it must follow (a refused
     batch waits out a back-off first, so no fixed delay is enough on a loaded box)."""
     rec.wait_for(lambda: any(not r["backfill"] for r in rec.readings()), WAIT_S, "a live reading")
     first_live = min(r["seq"] for r in rec.readings() if not r["backfill"])
-    rec.wait_for(lambda: set(range(1, first_live)) <= rec.seqs(), WAIT_S, "the backlog behind it")
+    try:
+        rec.wait_for(lambda: set(range(1, first_live)) <= rec.seqs(), WAIT_S, "the backlog behind it")
+    except AssertionError as err:
+        missing = sorted(set(range(1, first_live)) - rec.seqs())
+        raise AssertionError(f"{err}: seqs {missing} missing\n{daemon.tail()}") from None
 
 
 def test_a_message_size_limit_splits_the_backfill_batches_until_they_pass(
@@ -284,7 +288,7 @@ def test_a_message_size_limit_splits_the_backfill_batches_until_they_pass(
     with LocalBroker(workdir=str(tmp_path / "broker"), extra_conf=f"message_size_limit {limit}\n") as broker:
         rec = recorder_factory(broker.port)
         daemon = backlog_then_broker(tmp_path, broker, make_daemon, forward="backfill_rate = 0")
-        wait_for_the_backlog_behind_a_live_reading(rec)
+        wait_for_the_backlog_behind_a_live_reading(rec, daemon)
         assert daemon.terminate() == 0, daemon.tail()
     last = last_seq(tmp_path)
     assert rec.seqs() == set(range(1, last + 1)) and buffered_seqs(tmp_path) == set()
@@ -330,7 +334,7 @@ def test_the_connack_maximum_packet_size_caps_the_batches(tmp_path, recorder_fac
     with LocalBroker(workdir=str(tmp_path / "broker"), extra_conf=f"max_packet_size {limit}\n") as broker:
         rec = recorder_factory(broker.port)
         daemon = backlog_then_broker(tmp_path, broker, make_daemon, forward="backfill_rate = 0")
-        wait_for_the_backlog_behind_a_live_reading(rec)
+        wait_for_the_backlog_behind_a_live_reading(rec, daemon)
         assert daemon.terminate() == 0, daemon.tail()
         last = last_seq(tmp_path)
     assert rec.seqs() == set(range(1, last + 1))
